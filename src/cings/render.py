@@ -1,0 +1,556 @@
+"""Record + mode + tokenizer -> token ids and labels. The heart of cings.
+
+A record is laid out as text parts of known kinds (instruction, context, marker, answer, ...),
+placed into the chat template's frame (:mod:`cings.chat_frame`), tokenized **once** with offsets,
+and each token's label follows from the kinds of the characters it covers:
+
+* a token covering only trainable characters is trained;
+* a token straddling template text and trainable text is trained (Llama-2's ``▁Paris`` after
+  ``[/INST]`` carries the template's space; the model emits it at inference);
+* a token touching any masked record text (context, instruction, a masked marker) is never trained.
+
+The four modes differ only in which kinds are trainable.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass, field, fields, replace
+from enum import Enum, IntEnum
+from typing import Any, Sequence
+
+from .chat_frame import ChatFrame, TemplateError, build_frame, control_pattern, control_tokens, resolve_template
+from .records import Context, Record, RecordError
+
+__all__ = ["Mode", "parse_mode", "Kind", "RenderOptions", "Renderer", "Rendered", "Dropped",
+           "PAPER_SYSTEM_PROMPT", "MODE_ALIASES", "render_example"]
+
+PAPER_SYSTEM_PROMPT = (
+    "You are a helpful language assistant. You are able to understand the external context that the user "
+    "provides, and assist the user with a variety of tasks using natural language."
+)
+
+
+class Mode(str, Enum):
+    NO_CONTEXT = "no_context"
+    INPUT_CONTEXT = "input_context"
+    CONTEXT = "context"
+    NO_MASK = "no_mask"
+
+    @property
+    def context_in_response(self) -> bool:
+        return self in (Mode.CONTEXT, Mode.NO_MASK)
+
+    @property
+    def uses_context(self) -> bool:
+        return self is not Mode.NO_CONTEXT
+
+
+# The authors' names (README, configs, v2 paper) and a few obvious spellings.
+MODE_ALIASES = {
+    "standard": Mode.NO_CONTEXT, "without_context": Mode.NO_CONTEXT, "noctx": Mode.NO_CONTEXT,
+    "input": Mode.INPUT_CONTEXT, "input_side": Mode.INPUT_CONTEXT, "rag": Mode.INPUT_CONTEXT,
+    "context_in_input": Mode.INPUT_CONTEXT,
+    "cings": Mode.CONTEXT, "ctx": Mode.CONTEXT, "context_with_sp": Mode.CONTEXT, "context_masked": Mode.CONTEXT,
+    "nomask": Mode.NO_MASK, "context_no_mask": Mode.NO_MASK,
+}
+
+
+def parse_mode(name: str | Mode) -> Mode:
+    if isinstance(name, Mode):
+        return name
+    key = name.strip().lower().replace("-", "_")
+    try:
+        return Mode(key)
+    except ValueError:
+        pass
+    if key in MODE_ALIASES:
+        return MODE_ALIASES[key]
+    raise ValueError(f"unknown mode {name!r}: choose one of {', '.join(m.value for m in Mode)}"
+                     f" (aliases: {', '.join(sorted(MODE_ALIASES))})")
+
+
+class Kind(IntEnum):
+    FRAME = 0          # text written by the chat template (headers, the tail after end-of-turn)
+    PROMPT = 1         # system prompt and instruction
+    MARKER = 2         # "## Context", numbering and separators around passages
+    CONTEXT = 3        # passage text
+    ANSWER_MARKER = 4  # " ## Answer"
+    ANSWER = 5         # the response (with the space that follows "## Answer")
+    EOT = 6            # the template's end-of-turn token(s) after the response
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How records become training sequences. Field help drives the CLI flags."""
+
+    mode: Mode = field(default=Mode.CONTEXT, metadata={"help": "no_context | input_context | context (CINGS) | no_mask; the authors' names are accepted"})
+    max_length: int = field(default=4096, metadata={"help": "longest sequence in tokens; contexts are cut from their end to fit, never the response"})
+    system_prompt: str | None = field(default=PAPER_SYSTEM_PROMPT, metadata={"help": "system prompt (default: the paper's); '' for none; a record's 'system' field wins"})
+    context_marker: str = field(default="## Context", metadata={"help": "marker written before the passages"})
+    answer_marker: str = field(default="## Answer", metadata={"help": "marker written between the passages and the answer"})
+    numbering: str = field(default="auto", metadata={"help": "number several passages 'Context1: ...' with blank lines, as the paper: auto (when 2+), always, never"})
+    title_separator: str = field(default=" ", metadata={"help": "text between a passage's title and its text"})
+    train_markers: bool = field(default=False, metadata={"help": "also train the answer marker ('## Answer')"})
+    allow_no_context: bool = field(default=False, metadata={"help": "render records with no contexts without context instead of failing (for mixtures)"})
+    chat_template: str | None = field(default=None, metadata={"help": "a Jinja file or builtin (llama2-chat, chatml) instead of the tokenizer's template"})
+    template_kwargs: tuple[tuple[str, Any], ...] = field(default=(("enable_thinking", False),), metadata={"help": "extra template variables as JSON (Qwen3: enable_thinking false puts the empty think block in the prompt)"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", parse_mode(self.mode))
+        if self.numbering not in ("auto", "always", "never"):
+            raise ValueError(f"numbering must be auto, always or never, not {self.numbering!r}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be at least 8, not {self.max_length}")
+        if isinstance(self.template_kwargs, dict):
+            object.__setattr__(self, "template_kwargs", tuple(sorted(self.template_kwargs.items())))
+        for name in ("context_marker", "answer_marker"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"{name} must not be empty")
+
+    def trainable(self) -> frozenset[Kind]:
+        kinds = {Kind.ANSWER, Kind.EOT}
+        if self.mode is Mode.NO_MASK:
+            kinds |= {Kind.MARKER, Kind.CONTEXT, Kind.ANSWER_MARKER}
+        elif self.mode is Mode.CONTEXT and self.train_markers:
+            kinds.add(Kind.ANSWER_MARKER)
+        return frozenset(kinds)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["mode"] = self.mode.value
+        out["template_kwargs"] = dict(self.template_kwargs)
+        return out
+
+
+Part = tuple[str, Kind]
+
+
+@dataclass
+class Rendered:
+    id: str
+    text: str
+    spans: list[tuple[int, int, Kind]]  # a contiguous cover of ``text``
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+    offsets: list[tuple[int, int]] | None = None
+
+    @property
+    def num_trained(self) -> int:
+        return sum(1 for x in self.labels if x != -100)
+
+
+@dataclass
+class Dropped:
+    id: str
+    reason: str
+    num_tokens: int = 0
+
+
+@dataclass
+class Layout:
+    text: str
+    spans: list[tuple[int, int, Kind]]
+    messages: list[dict[str, str]]
+    has_control_text: bool
+
+
+def passage_text(ctx: Context, title_separator: str) -> str:
+    """``{title} {text}`` with all whitespace runs (newlines included) collapsed, as the paper renders it."""
+    raw = f"{ctx.title}{title_separator}{ctx.text}" if ctx.title.strip() else ctx.text
+    return " ".join(raw.split())
+
+
+class Renderer:
+    """Renders records for one tokenizer and one set of options. Cheap to call, expensive to build."""
+
+    def __init__(self, tokenizer: Any, options: RenderOptions | None = None):
+        self.options = options or RenderOptions()
+        if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
+            raise TemplateError(f"{type(tokenizer).__name__} is not a fast tokenizer: cings needs character offsets"
+                                " (load a tokenizer.json, or a GGUF file, with AutoTokenizer)")
+        self.tokenizer = tokenizer
+        self.backend = tokenizer.backend_tokenizer
+        self.template, self.template_source = resolve_template(tokenizer, self.options.chat_template)
+        self.control_tokens = control_tokens(tokenizer, self.template)
+        self._control_re = control_pattern(self.control_tokens)
+        self._control_ids = {tokenizer.convert_tokens_to_ids(t) for t in self.control_tokens}
+        self._trainable = self.options.trainable()
+        self._frames: dict[bool, ChatFrame] = {}
+        self._newline_ids = self.backend.encode("\n", add_special_tokens=False).ids
+
+    # ---------------------------------------------------------------- layout
+    def frame(self, with_system: bool) -> ChatFrame:
+        if with_system not in self._frames:
+            self._frames[with_system] = build_frame(self.tokenizer, self.template, with_system=with_system,
+                                                    template_kwargs=dict(self.options.template_kwargs))
+        return self._frames[with_system]
+
+    def check(self, record: Record) -> None:
+        """Mode-dependent validation; raises :class:`RecordError` naming the record's file and line."""
+        if self.options.mode.uses_context and not record.contexts and not self.options.allow_no_context:
+            where = record.source or f"record {record.id!r}"
+            raise RecordError(f"{where}: field 'contexts' is empty, but mode '{self.options.mode.value}' renders"
+                              " contexts (pass --allow-no-context to render such records without context)")
+
+    def _context_block(self, passages: Sequence[str], lead: str) -> list[Part]:
+        opts = self.options
+        numbered = opts.numbering == "always" or (opts.numbering == "auto" and len(passages) > 1)
+        label = opts.context_marker.lstrip("#").strip() or opts.context_marker
+        parts: list[Part] = []
+        for i, passage in enumerate(passages, start=1):
+            if i == 1:
+                head = f"{lead}{opts.context_marker}{f'{i}: ' if numbered else ' '}"
+            else:
+                head = f"\n\n{label}{i}: " if numbered else "\n\n"
+            parts += [(head, Kind.MARKER), (passage, Kind.CONTEXT)]
+        return parts
+
+    def _groups(self, record: Record, contexts: list[list[str]] | None) -> list[list[str]]:
+        """Passage texts grouped by segment (one group without segments)."""
+        if contexts is not None:
+            return contexts
+        sep = self.options.title_separator
+        if record.segments and self.options.mode.context_in_response:
+            return [[passage_text(c, sep) for c in s.contexts] for s in record.segments]
+        return [[passage_text(c, sep) for c in record.contexts]]
+
+    def layout(self, record: Record, contexts: list[list[str]] | None = None) -> Layout:
+        """Lay the record out as text with kinded spans. ``contexts`` overrides passage texts (truncation)."""
+        opts, mode = self.options, self.options.mode
+        groups = self._groups(record, contexts)
+        system = record.system if record.system is not None else opts.system_prompt
+        with_system = bool(system)
+        frame = self.frame(with_system)
+
+        user: list[Part] = [(record.instruction, Kind.PROMPT)]
+        assistant: list[Part]
+        response = record.response.strip()
+        if mode is Mode.INPUT_CONTEXT and groups[0]:
+            user += self._context_block(groups[0], "\n\n")
+        if mode.context_in_response and record.segments:
+            assistant = []
+            for i, (seg, passages) in enumerate(zip(record.segments, groups)):
+                lead = " " if i else ""
+                if passages:
+                    assistant += self._context_block(passages, lead)
+                    assistant += [(f" {opts.answer_marker}", Kind.ANSWER_MARKER), (f" {seg.response.strip()}", Kind.ANSWER)]
+                else:
+                    assistant.append((f"{lead}{seg.response.strip()}", Kind.ANSWER))
+        elif mode.context_in_response and groups[0]:
+            assistant = self._context_block(groups[0], "")
+            assistant += [(f" {opts.answer_marker}", Kind.ANSWER_MARKER), (f" {response}", Kind.ANSWER)]
+        else:
+            assistant = [(response, Kind.ANSWER)]
+
+        slots: list[list[Part]] = ([[(system, Kind.PROMPT)]] if with_system else []) + [user, assistant]
+        text_parts: list[str] = []
+        spans: list[tuple[int, int, Kind]] = []
+        messages = []
+        pos = 0
+        control = False
+
+        def emit(text: str, kind: Kind) -> None:
+            nonlocal pos
+            if text:
+                text_parts.append(text)
+                spans.append((pos, pos + len(text), kind))
+                pos += len(text)
+
+        for i, (role, parts) in enumerate(zip(frame.slots, slots)):
+            parts = _strip_parts(parts, frame, i)
+            emit(frame.pieces[i], Kind.FRAME)
+            for text, kind in parts:
+                emit(text, kind)
+                if self._control_re is not None and self._control_re.search(text):
+                    control = True
+            messages.append({"role": role, "content": "".join(t for t, _ in parts)})
+        tail = frame.pieces[-1]
+        emit(tail[:frame.eot_chars], Kind.EOT)
+        emit(tail[frame.eot_chars:], Kind.FRAME)
+        return Layout(text="".join(text_parts), spans=spans, messages=messages, has_control_text=control)
+
+    # ---------------------------------------------------------------- tokens and labels
+    def render(self, record: Record, *, with_offsets: bool = False) -> Rendered | Dropped:
+        return self.render_batch([record], with_offsets=with_offsets)[0]
+
+    def render_batch(self, records: Sequence[Record], *, with_offsets: bool = False) -> list[Rendered | Dropped]:
+        layouts = [self.layout(r) for r in records]
+        plain = [i for i, lay in enumerate(layouts) if not lay.has_control_text]
+        encodings: dict[int, Any] = {}
+        if plain:
+            self.backend.encode_special_tokens = False
+            for i, enc in zip(plain, self.backend.encode_batch([layouts[i].text for i in plain], add_special_tokens=False)):
+                encodings[i] = enc
+        out: list[Rendered | Dropped] = []
+        for i, (record, lay) in enumerate(zip(records, layouts)):
+            tokens = _EncodingTokens(encodings[i]) if i in encodings else self._encode_sanitized(lay)
+            result = self._finish(record, lay, tokens, with_offsets)
+            out.append(result)
+        return out
+
+    def _finish(self, record: Record, lay: Layout, tokens: "_Tokens", with_offsets: bool) -> Rendered | Dropped:
+        truncated = False
+        if len(tokens) > self.options.max_length:
+            fitted = self._truncate(record, lay, tokens)
+            if isinstance(fitted, Dropped):
+                return fitted
+            lay, tokens = fitted
+            truncated = True
+        ids = tokens.ids()
+        labels = assign_labels(ids, lay.spans, self._trainable, tokens)
+        return Rendered(id=record.id, text=lay.text, spans=lay.spans, input_ids=ids, labels=labels,
+                        truncated=truncated, offsets=tokens.offsets() if with_offsets else None)
+
+    def _tokens(self, lay: Layout) -> "_Tokens":
+        if lay.has_control_text:
+            return self._encode_sanitized(lay)
+        self.backend.encode_special_tokens = False
+        return _EncodingTokens(self.backend.encode(lay.text, add_special_tokens=False))
+
+    def _truncate(self, record: Record, lay: Layout, tokens: "_Tokens"):
+        """Cut passages from their end (last passage first) until the sequence fits; never the response."""
+        limit = self.options.max_length
+        if not self.options.mode.uses_context or not any(k is Kind.CONTEXT for _, _, k in lay.spans):
+            return Dropped(record.id, "too_long", len(tokens))
+        groups = [list(g) for g in self._groups(record, None)]
+        for _ in range(8):
+            excess = len(tokens) - limit
+            if excess <= 0:
+                return lay, tokens
+            # Passage spans in layout order match the groups flattened in order.
+            ctx_spans = [(s, e) for s, e, k in lay.spans if k is Kind.CONTEXT]
+            index = [(g, j) for g, group in enumerate(groups) for j in range(len(group))]
+            while excess > 0 and index:
+                (g, j), (s, e) = index.pop(), ctx_spans.pop()
+                first, last = tokens.token_range(s, e)
+                n = 0 if first is None else last - first + 1
+                if n <= excess + 2:  # +2: the numbering and separator go with a dropped passage
+                    del groups[g][j]
+                    excess -= n + 2
+                else:
+                    cut = tokens.char_start(last - excess + 1) - s
+                    groups[g][j] = groups[g][j][:max(cut, 0)].rstrip()
+                    if not groups[g][j]:
+                        del groups[g][j]
+                    excess = 0
+            if not any(groups):
+                bare = self.layout(record, [[] for _ in groups])
+                bare_tokens = self._tokens(bare)
+                if len(bare_tokens) > limit:
+                    return Dropped(record.id, "too_long", len(bare_tokens))
+                return Dropped(record.id, "no_room_for_context", len(tokens))
+            lay = self.layout(record, groups)
+            tokens = self._tokens(lay)
+        return Dropped(record.id, "truncation_did_not_converge", len(tokens))
+
+    def _encode_sanitized(self, lay: Layout) -> "_OffsetTokens":
+        """Encode a text whose record parts spell control tokens: those spellings become plain text.
+
+        Same scheme as transformers' ``apply_chat_template(sanitize_control_tokens=True)``: split at
+        each such spelling, encode the pieces separately (after a newline, so SentencePiece adds no
+        prefix space), and the spellings with added tokens disabled.
+        """
+        cuts: list[tuple[int, int]] = []
+        for s, e, kind in lay.spans:
+            if kind is Kind.FRAME or kind is Kind.EOT:
+                continue
+            for m in self._control_re.finditer(lay.text, s, e):
+                cuts.append((m.start(), m.end()))
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        pos = 0
+        for s, e in cuts + [(len(lay.text), len(lay.text))]:
+            if s > pos:
+                self._encode_piece(lay.text, pos, s, plain=False, first=pos == 0, ids=ids, offsets=offsets)
+            if e > s:
+                self._encode_piece(lay.text, s, e, plain=True, first=s == 0, ids=ids, offsets=offsets)
+            pos = e
+        return _OffsetTokens(ids, offsets)
+
+    def _encode_piece(self, text: str, s: int, e: int, *, plain: bool, first: bool,
+                      ids: list[int], offsets: list[tuple[int, int]]) -> None:
+        piece = text[s:e]
+        self.backend.encode_special_tokens = plain
+        try:
+            piece_ids, piece_offsets = None, None
+            if not first:
+                enc = self.backend.encode("\n" + piece, add_special_tokens=False)
+                k = len(self._newline_ids)
+                if enc.ids[:k] == self._newline_ids:
+                    piece_ids = enc.ids[k:]
+                    piece_offsets = [(max(a - 1, 0), max(b - 1, 0)) for a, b in enc.offsets[k:]]
+            if piece_ids is None:
+                enc = self.backend.encode(piece, add_special_tokens=False)
+                piece_ids, piece_offsets = enc.ids, enc.offsets
+        finally:
+            self.backend.encode_special_tokens = False
+        if plain and len(piece) > 1 and self._control_ids.intersection(piece_ids):
+            # A non-special added token (Qwen3's </think>) still matches with special tokens disabled:
+            # split the spelling so it cannot.
+            mid = s + len(piece) // 2
+            self._encode_piece(text, s, mid, plain=True, first=first, ids=ids, offsets=offsets)
+            self._encode_piece(text, mid, e, plain=True, first=False, ids=ids, offsets=offsets)
+            return
+        ids.extend(piece_ids)
+        offsets.extend((a + s, b + s) for a, b in piece_offsets)
+
+
+class _Tokens:
+    """Token lookups by character, over a tokenizers Encoding or over plain offset lists."""
+
+    def __len__(self) -> int: ...
+    def ids(self) -> list[int]: ...
+    def offsets(self) -> list[tuple[int, int]]: ...
+    def span(self, t: int) -> tuple[int, int]: ...
+    def token_at(self, c: int) -> int | None: ...
+
+    def char_start(self, t: int) -> int:
+        return self.span(t)[0]
+
+    def token_range(self, s: int, e: int) -> tuple[int | None, int | None]:
+        """First and last token overlapping characters [s, e), or (None, None)."""
+        n = len(self)
+        first = None
+        for c in range(s, e):
+            first = self.token_at(c)
+            if first is not None:
+                break
+        if first is None:
+            return None, None
+        while first > 0 and self.span(first - 1)[1] > s:
+            first -= 1
+        last = None
+        for c in range(e - 1, s - 1, -1):
+            last = self.token_at(c)
+            if last is not None:
+                break
+        while last + 1 < n and self.span(last + 1)[0] < e:
+            last += 1
+        return first, last
+
+
+class _EncodingTokens(_Tokens):
+    def __init__(self, encoding: Any):
+        self.enc = encoding
+        self._n = len(encoding.ids)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def ids(self) -> list[int]:
+        return self.enc.ids
+
+    def offsets(self) -> list[tuple[int, int]]:
+        return self.enc.offsets
+
+    def span(self, t: int) -> tuple[int, int]:
+        return self.enc.token_to_chars(t)
+
+    def token_at(self, c: int) -> int | None:
+        return self.enc.char_to_token(c)
+
+
+class _OffsetTokens(_Tokens):
+    def __init__(self, ids: list[int], offsets: list[tuple[int, int]]):
+        self._ids, self._offsets = ids, offsets
+        self._ends = [b for _, b in offsets]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids(self) -> list[int]:
+        return self._ids
+
+    def offsets(self) -> list[tuple[int, int]]:
+        return self._offsets
+
+    def span(self, t: int) -> tuple[int, int]:
+        return self._offsets[t]
+
+    def token_at(self, c: int) -> int | None:
+        t = bisect.bisect_right(self._ends, c)  # first token ending after c
+        if t < len(self._ids) and self._offsets[t][0] <= c < self._offsets[t][1]:
+            return t
+        return None
+
+
+def assign_labels(ids: list[int], spans: list[tuple[int, int, Kind]], trainable: frozenset[Kind],
+                  tokens: _Tokens) -> list[int]:
+    """Labels from character kinds: see the module docstring for the one straddling rule."""
+    labels = [-100] * len(ids)
+    runs: list[list[int]] = []
+    for s, e, kind in spans:
+        if kind in trainable:
+            if runs and runs[-1][1] == s:
+                runs[-1][1] = e
+            else:
+                runs.append([s, e])
+    if not runs:
+        return labels
+    starts = [s for s, _, _ in spans]
+
+    def touches_masked(a: int, b: int) -> bool:
+        i = max(bisect.bisect_right(starts, a) - 1, 0)
+        while i < len(spans) and spans[i][0] < b:
+            s, e, kind = spans[i]
+            if e > a and kind is not Kind.FRAME and kind not in trainable:
+                return True
+            i += 1
+        return False
+
+    for s, e in runs:
+        first, last = tokens.token_range(s, e)
+        if first is None:
+            continue
+        while first <= last:
+            a, b = tokens.span(first)
+            if a < s and touches_masked(a, s) or b > e and touches_masked(e, b):
+                first += 1
+            else:
+                break
+        while last >= first:
+            a, b = tokens.span(last)
+            if b > e and touches_masked(e, b) or a < s and touches_masked(a, s):
+                last -= 1
+            else:
+                break
+        if first <= last:
+            labels[first:last + 1] = ids[first:last + 1]
+    return labels
+
+
+def _strip_parts(parts: list[Part], frame: ChatFrame, slot: int) -> list[Part]:
+    """Apply the template's stripping of this slot's content across part boundaries."""
+    parts = [p for p in parts if p[0]]
+    while parts:
+        text, kind = parts[0]
+        stripped = frame.lead[slot].lead(text)
+        if stripped:
+            parts[0] = (stripped, kind)
+            break
+        parts.pop(0)
+    while parts:
+        text, kind = parts[-1]
+        stripped = frame.trail[slot].trail(text)
+        if stripped:
+            parts[-1] = (stripped, kind)
+            break
+        parts.pop()
+    return parts
+
+
+_RENDERERS: dict[tuple[int, RenderOptions], Renderer] = {}
+
+
+def render_example(record: Record, mode: Mode | str, tokenizer: Any, options: RenderOptions | None = None,
+                   *, with_offsets: bool = False) -> Rendered | Dropped:
+    """The pure function: (record, mode, tokenizer) -> ids and labels. Renderers are cached per tokenizer."""
+    options = replace(options or RenderOptions(), mode=parse_mode(mode))
+    key = (id(tokenizer), options)
+    renderer = _RENDERERS.get(key)
+    if renderer is None or renderer.tokenizer is not tokenizer:
+        renderer = _RENDERERS[key] = Renderer(tokenizer, options)
+    return renderer.render(record, with_offsets=with_offsets)
