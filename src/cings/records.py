@@ -174,7 +174,8 @@ def parse_record(obj: Any, where: str = "<record>") -> Record:
     system = _string(obj, "system", where, "system", required=False)
     answers = _string_list(obj, "answers", where)
     parametric = _string_list(obj, "parametric_answers", where)
-    meta = obj.get("meta") or {}
+    meta = obj.get("meta")
+    meta = {} if meta is None else meta
     if not isinstance(meta, dict):
         raise _fail(where, "meta", f"must be an object, not {_type_name(meta)}")
 

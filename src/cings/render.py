@@ -136,6 +136,7 @@ class Rendered:
     labels: list[int]
     truncated: bool = False
     offsets: list[tuple[int, int]] | None = None
+    messages: list[dict[str, str]] | None = None  # the chat these ids encode (after truncation)
 
     @property
     def num_trained(self) -> int:
@@ -302,7 +303,8 @@ class Renderer:
         ids = tokens.ids()
         labels = assign_labels(ids, lay.spans, self._trainable, tokens)
         return Rendered(id=record.id, text=lay.text, spans=lay.spans, input_ids=ids, labels=labels,
-                        truncated=truncated, offsets=tokens.offsets() if with_offsets else None)
+                        truncated=truncated, offsets=tokens.offsets() if with_offsets else None,
+                        messages=lay.messages)
 
     def _tokens(self, lay: Layout) -> "_Tokens":
         if lay.has_control_text:

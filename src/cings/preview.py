@@ -1,0 +1,81 @@
+"""Show rendered examples with the trained tokens marked, so the mask is seen before GPU hours are spent."""
+
+from __future__ import annotations
+
+from typing import Iterable, TextIO
+
+from .render import Dropped, Kind, Rendered, Renderer
+
+__all__ = ["preview", "mark_trained"]
+
+LEGEND_PLAIN = "legend: [[...]] = trained (the loss is on these tokens); everything else is masked (label -100)"
+
+
+def _char_classes(rendered: Rendered) -> list[str]:
+    """Per character: 'train' if a trained token covers it, 'context' for masked passage text, else 'mask'."""
+    classes = ["mask"] * len(rendered.text)
+    for s, e, kind in rendered.spans:
+        if kind is Kind.CONTEXT:
+            for c in range(s, e):
+                classes[c] = "context"
+    for (a, b), label in zip(rendered.offsets or [], rendered.labels):
+        if label != -100:
+            for c in range(a, b):
+                classes[c] = "train"
+    return classes
+
+
+def _runs(text: str, classes: list[str]) -> Iterable[tuple[str, str]]:
+    start = 0
+    for i in range(1, len(text) + 1):
+        if i == len(text) or classes[i] != classes[start]:
+            yield text[start:i], classes[start]
+            start = i
+
+
+def mark_trained(rendered: Rendered) -> str:
+    """The rendered text with every trained run wrapped in ``[[ ]]``."""
+    out = []
+    for text, cls in _runs(rendered.text, _char_classes(rendered)):
+        out.append(f"[[{text}]]" if cls == "train" else text)
+    return "".join(out)
+
+
+def preview(records: Iterable, renderer: Renderer, *, n: int = 3, plain: bool = False,
+            stream: TextIO | None = None) -> int:
+    """Print up to ``n`` examples; returns how many were shown."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(file=stream, highlight=False, soft_wrap=True, no_color=plain)
+    mode = renderer.options.mode.value
+    shown = 0
+    for record in records:
+        if shown >= n:
+            break
+        renderer.check(record)
+        result = renderer.render(record, with_offsets=True)
+        shown += 1
+        if isinstance(result, Dropped):
+            console.print(f"── {record.id} · mode {mode} · DROPPED: {result.reason} ({result.num_tokens} tokens)")
+            continue
+        cut = " · contexts cut to fit" if result.truncated else ""
+        header = (f"── {result.id} · mode {mode} · {len(result.input_ids)} tokens · {result.num_trained} trained"
+                  f" · template {renderer.template_source}{cut}")
+        if plain:
+            console.print(header, markup=False)
+            console.print(mark_trained(result), markup=False)
+        else:
+            console.print(Text(header, style="bold"))
+            body = Text()
+            styles = {"train": "bold black on green", "context": "yellow dim", "mask": "dim"}
+            for text, cls in _runs(result.text, _char_classes(result)):
+                body.append(text, style=styles[cls])
+            console.print(body)
+        console.print()
+    if plain:
+        console.print(LEGEND_PLAIN, markup=False)
+    else:
+        console.print(Text.assemble("legend: ", ("trained (loss)", "bold black on green"), " · ",
+                                    ("masked context", "yellow dim"), " · ", ("masked prompt and template", "dim")))
+    return shown
