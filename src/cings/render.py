@@ -15,6 +15,7 @@ The four modes differ only in which kinds are trainable.
 from __future__ import annotations
 
 import bisect
+import gc
 import re
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum, IntEnum
@@ -156,6 +157,7 @@ class Layout:
     spans: list[tuple[int, int, Kind]]
     messages: list[dict[str, str]]
     has_control_text: bool
+    head: int = 0  # text[:head] ends with a template control token before any varying record text
 
 
 def passage_text(ctx: Context, title_separator: str) -> str:
@@ -180,14 +182,37 @@ class Renderer:
         self._control_ids = {tokenizer.convert_tokens_to_ids(t) for t in self.control_tokens}
         self._trainable = self.options.trainable()
         self._frames: dict[bool, ChatFrame] = {}
+        self._head_cut: dict[bool, int] = {}
+        # Encodings of constant heads (system block + user header), keyed by their text; None where
+        # encoding the head apart from the rest was found not to give the same tokens.
+        self._heads: dict[str, tuple[list[int], list[tuple[int, int]]] | None] = {}
         self._newline_ids = self.backend.encode("\n", add_special_tokens=False).ids
 
     # ---------------------------------------------------------------- layout
     def frame(self, with_system: bool) -> ChatFrame:
         if with_system not in self._frames:
-            self._frames[with_system] = build_frame(self.tokenizer, self.template, with_system=with_system,
-                                                    template_kwargs=dict(self.options.template_kwargs))
+            frame = build_frame(self.tokenizer, self.template, with_system=with_system,
+                                template_kwargs=dict(self.options.template_kwargs))
+            self._frames[with_system] = frame
+            self._head_cut[with_system] = self._safe_cut(frame.pieces[len(frame.slots) - 2])
         return self._frames[with_system]
+
+    def _safe_cut(self, piece: str) -> int:
+        """End of the last control token in the frame piece before the user content, or -1.
+
+        Text after an added token is tokenized independently of the text before it, unless the
+        token strips or normalizes its neighbours; only then may the head be encoded apart.
+        """
+        if self._control_re is None:
+            return -1
+        matches = list(self._control_re.finditer(piece))
+        if not matches:
+            return -1
+        added = {t.content: t for t in self.tokenizer.added_tokens_decoder.values()}
+        token = added.get(matches[-1].group())
+        if token is None or token.lstrip or token.rstrip or token.normalized or token.single_word:
+            return -1
+        return matches[-1].end()
 
     def check(self, record: Record) -> None:
         """Mode-dependent validation; raises :class:`RecordError` naming the record's file and line."""
@@ -260,8 +285,12 @@ class Renderer:
                 spans.append((pos, pos + len(text), kind))
                 pos += len(text)
 
+        head = 0
+        cut = self._head_cut[with_system]
         for i, (role, parts) in enumerate(zip(frame.slots, slots)):
             parts = _strip_parts(parts, frame, i)
+            if role == "user" and cut >= 0:
+                head = pos + cut
             emit(frame.pieces[i], Kind.FRAME)
             for text, kind in parts:
                 emit(text, kind)
@@ -271,23 +300,39 @@ class Renderer:
         tail = frame.pieces[-1]
         emit(tail[:frame.eot_chars], Kind.EOT)
         emit(tail[frame.eot_chars:], Kind.FRAME)
-        return Layout(text="".join(text_parts), spans=spans, messages=messages, has_control_text=control)
+        return Layout(text="".join(text_parts), spans=spans, messages=messages, has_control_text=control, head=head)
 
     # ---------------------------------------------------------------- tokens and labels
     def render(self, record: Record, *, with_offsets: bool = False) -> Rendered | Dropped:
         return self.render_batch([record], with_offsets=with_offsets)[0]
 
     def render_batch(self, records: Sequence[Record], *, with_offsets: bool = False) -> list[Rendered | Dropped]:
+        # Rendering allocates many small acyclic objects; with a large heap alive (a loaded dataset)
+        # the cyclic collector's passes cost more than the rendering itself.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._render_batch(records, with_offsets)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _render_batch(self, records: Sequence[Record], with_offsets: bool) -> list[Rendered | Dropped]:
         layouts = [self.layout(r) for r in records]
         plain = [i for i, lay in enumerate(layouts) if not lay.has_control_text]
-        encodings: dict[int, Any] = {}
-        if plain:
-            self.backend.encode_special_tokens = False
-            for i, enc in zip(plain, self.backend.encode_batch([layouts[i].text for i in plain], add_special_tokens=False)):
-                encodings[i] = enc
+        for i in plain:  # first sight of a head: encode it alone and check that splitting there is exact
+            lay = layouts[i]
+            if lay.head and lay.text[:lay.head] not in self._heads:
+                self._heads[lay.text[:lay.head]] = self._check_head(lay)
+        heads = [self._heads.get(layouts[i].text[:layouts[i].head]) if layouts[i].head else None for i in plain]
+        self.backend.encode_special_tokens = False
+        texts = [layouts[i].text[layouts[i].head:] if head else layouts[i].text for i, head in zip(plain, heads)]
+        encodings: dict[int, _Tokens] = {}
+        for i, head, enc in zip(plain, heads, self.backend.encode_batch(texts, add_special_tokens=False) if texts else []):
+            encodings[i] = _HeadTokens(head[0], head[1], enc, layouts[i].head) if head else _EncodingTokens(enc)
         out: list[Rendered | Dropped] = []
         for i, (record, lay) in enumerate(zip(records, layouts)):
-            tokens = _EncodingTokens(encodings[i]) if i in encodings else self._encode_sanitized(lay)
+            tokens = encodings[i] if i in encodings else self._encode_sanitized(lay)
             result = self._finish(record, lay, tokens, with_offsets)
             out.append(result)
         return out
@@ -305,6 +350,14 @@ class Renderer:
         return Rendered(id=record.id, text=lay.text, spans=lay.spans, input_ids=ids, labels=labels,
                         truncated=truncated, offsets=tokens.offsets() if with_offsets else None,
                         messages=lay.messages)
+
+    def _check_head(self, lay: Layout) -> tuple[list[int], list[tuple[int, int]]] | None:
+        whole = self.backend.encode(lay.text, add_special_tokens=False)
+        head = self.backend.encode(lay.text[:lay.head], add_special_tokens=False)
+        rest = self.backend.encode(lay.text[lay.head:], add_special_tokens=False)
+        if head.ids + rest.ids != whole.ids:
+            return None
+        return head.ids, head.offsets
 
     def _tokens(self, lay: Layout) -> "_Tokens":
         if lay.has_control_text:
@@ -453,6 +506,36 @@ class _EncodingTokens(_Tokens):
 
     def token_at(self, c: int) -> int | None:
         return self.enc.char_to_token(c)
+
+
+class _HeadTokens(_Tokens):
+    """A cached head encoding followed by the encoding of the rest of the text (which starts at ``cut``)."""
+
+    def __init__(self, head_ids: list[int], head_offsets: list[tuple[int, int]], rest: Any, cut: int):
+        self.head_ids, self.head_offsets, self.rest, self.cut = head_ids, head_offsets, rest, cut
+        self.nh = len(head_ids)
+        self._n = self.nh + len(rest.ids)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def ids(self) -> list[int]:
+        return self.head_ids + self.rest.ids
+
+    def offsets(self) -> list[tuple[int, int]]:
+        return self.head_offsets + [(a + self.cut, b + self.cut) for a, b in self.rest.offsets]
+
+    def span(self, t: int) -> tuple[int, int]:
+        if t < self.nh:
+            return self.head_offsets[t]
+        a, b = self.rest.token_to_chars(t - self.nh)
+        return a + self.cut, b + self.cut
+
+    def token_at(self, c: int) -> int | None:
+        if c < self.cut:
+            return _OffsetTokens(self.head_ids, self.head_offsets).token_at(c)
+        t = self.rest.char_to_token(c - self.cut)
+        return None if t is None else t + self.nh
 
 
 class _OffsetTokens(_Tokens):
