@@ -108,4 +108,4 @@ def smollm2():
     return load_tokenizer("smollm2")
 
 
-TOKENIZER_FIXTURES = ["tiny_bpe", "tiny_sp", "llama3", "qwen3", "llama2"]
+TOKENIZER_FIXTURES = ["tiny_bpe", "tiny_sp", "llama3", "qwen3", "llama2", "smollm2"]

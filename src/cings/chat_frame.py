@@ -198,7 +198,8 @@ def build_frame(tokenizer: Any, template: str, *, with_system: bool,
                       eot_chars=_eot_chars(pieces[-1], control_pattern(control_tokens(tokenizer, template))),
                       template=template)
 
-    probe = {"system": "  You are\n helpful. ", "user": "\n What is  it?\n", "assistant": "\n\n ## A  b.\n "}
+    text = "The quick brown fox: 'jumps' over 42 lazy dogs?  Ünïcode — 北京 {x} <b>"
+    probe = {"system": f"  {text}\n ", "user": f"\n {text}\n", "assistant": f"\n\n ## {text}.\n "}
     real = _render(tokenizer, template, [{"role": r, "content": probe[r]} for r in roles], kwargs)
     ours = []
     for i, role in enumerate(roles):

@@ -42,12 +42,12 @@ def mark_trained(rendered: Rendered) -> str:
 
 
 def preview(records: Iterable, renderer: Renderer, *, n: int = 3, plain: bool = False,
-            stream: TextIO | None = None) -> int:
-    """Print up to ``n`` examples; returns how many were shown."""
+            stream: TextIO | None = None, color: bool | None = None) -> int:
+    """Print up to ``n`` examples; returns how many were shown. ``color`` forces colour on or off."""
     from rich.console import Console
     from rich.text import Text
 
-    console = Console(file=stream, highlight=False, soft_wrap=True, no_color=plain)
+    console = Console(file=stream, highlight=False, soft_wrap=True, no_color=plain, force_terminal=color)
     mode = renderer.options.mode.value
     shown = 0
     for record in records:

@@ -1,0 +1,69 @@
+"""Batches of tokenized examples: pad ids, pad labels with -100, attention masks from lengths.
+
+The reference padded labels with the pad id (0, which is "!" in Llama-3) and built the attention
+mask as "id != pad id", hiding every real "!". Here the mask comes from each row's length, so the
+pad id's value never matters, and labels are padded with -100 so padding is never trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+__all__ = ["Collator", "pad_batch", "pad_id_for", "IGNORE_INDEX"]
+
+IGNORE_INDEX = -100
+
+
+def pad_id_for(tokenizer: Any) -> int:
+    """The tokenizer's pad id, else its eos id (Llama-3 has no pad token), else 0."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def pad_batch(features: Sequence[dict[str, Sequence[int]]], pad_token_id: int, *, padding_side: str = "right",
+              pad_to_multiple_of: int | None = None, require_trained: bool = True) -> dict[str, Any]:
+    import torch
+
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+    if not features:
+        raise ValueError("cannot collate an empty batch")
+    lengths = [len(f["input_ids"]) for f in features]
+    width = max(lengths)
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    ids = torch.full((len(features), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    for row, (feature, n) in enumerate(zip(features, lengths)):
+        span = slice(width - n, width) if padding_side == "left" else slice(0, n)
+        ids[row, span] = torch.as_tensor(feature["input_ids"], dtype=torch.long)
+        mask[row, span] = 1
+        if "labels" in feature:
+            if len(feature["labels"]) != n:
+                raise ValueError(f"row {row}: {len(feature['labels'])} labels for {n} input ids")
+            labels[row, span] = torch.as_tensor(feature["labels"], dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if any("labels" in f for f in features):
+        # A batch with nothing to learn gives a silent zero loss (anchors.md §3): fail loudly instead.
+        if require_trained and not bool((labels != IGNORE_INDEX).any()):
+            raise ValueError("a batch with no trained tokens: every label is -100")
+        batch["labels"] = labels
+    return batch
+
+
+@dataclass
+class Collator:
+    """A ``data_collator`` for transformers/TRL trainers over ``input_ids``/``labels`` rows."""
+
+    pad_token_id: int
+    padding_side: str = "right"
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return pad_batch(features, self.pad_token_id, padding_side=self.padding_side,
+                         pad_to_multiple_of=self.pad_to_multiple_of)

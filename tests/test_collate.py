@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from cings.collate import Collator, pad_batch, pad_id_for
+from cings.records import Context, Record
+from cings.render import render_example
+
+
+def test_ref_labels_are_padded_with_minus_100_and_real_bangs_are_attended(llama3):
+    """The reference padded labels with id 0 ('!' in Llama-3) and masked attention where id == 0."""
+    bang = llama3.convert_tokens_to_ids("!")
+    assert bang == 0
+    short = render_example(Record(id="a", instruction="Say hi!", contexts=(Context(text="Hello!"),), response="Hello!"),
+                           "context", llama3)
+    long = render_example(Record(id="b", instruction="Say hi loudly, please!", contexts=(Context(text="Hello there!!"),),
+                                 response="Hello there, friend!"), "context", llama3)
+    batch = Collator(pad_token_id=0)([{"input_ids": r.input_ids, "labels": r.labels} for r in (short, long)])
+    n = len(short.input_ids)
+    assert batch["labels"][0, n:].eq(-100).all()
+    assert batch["attention_mask"][0, :n].eq(1).all() and batch["attention_mask"][0, n:].eq(0).all()
+    assert bang in short.input_ids  # a real "!" ... and it is attended
+    assert batch["attention_mask"][0, :n][torch.tensor(short.input_ids) == bang].eq(1).all()
+    assert batch["labels"][0, :n].tolist() == short.labels
+
+
+def test_left_padding_for_generation_and_multiple_of():
+    batch = pad_batch([{"input_ids": [5, 6]}, {"input_ids": [7, 8, 9]}], 1, padding_side="left", pad_to_multiple_of=4)
+    assert batch["input_ids"].tolist() == [[1, 1, 5, 6], [1, 7, 8, 9]]
+    assert batch["attention_mask"].tolist() == [[0, 0, 1, 1], [0, 1, 1, 1]]
+    assert "labels" not in batch
+
+
+def test_a_batch_with_no_trained_token_fails_loudly():
+    with pytest.raises(ValueError, match="no trained tokens"):
+        pad_batch([{"input_ids": [1, 2], "labels": [-100, -100]}], 0)
+    with pytest.raises(ValueError, match="3 labels for 2 input ids"):
+        pad_batch([{"input_ids": [1, 2], "labels": [1, 2, 3]}], 0)
+
+
+def test_pad_id_falls_back_to_eos(llama3, qwen3):
+    assert pad_id_for(llama3) == llama3.convert_tokens_to_ids("<|eot_id|>")
+    assert pad_id_for(qwen3) == qwen3.convert_tokens_to_ids("<|endoftext|>")
