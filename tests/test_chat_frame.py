@@ -1,6 +1,6 @@
 import pytest
 
-from cings.chat_frame import (FALLBACK_TEMPLATE, TemplateError, build_frame, control_tokens, resolve_template)
+from cings.chat_frame import FALLBACK_TEMPLATE, TemplateError, build_frame, control_tokens, resolve_template
 
 
 def test_llama3_frame_trims_content_and_ends_with_eot(llama3):

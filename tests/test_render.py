@@ -14,8 +14,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cings.records import Context, Record, RecordError, Segment
-from cings.render import (PAPER_SYSTEM_PROMPT, Dropped, Kind, Mode, Renderer, RenderOptions, parse_mode,
-                          render_example)
+from cings.render import PAPER_SYSTEM_PROMPT, Dropped, Kind, Mode, Renderer, RenderOptions, parse_mode, render_example
 
 from .conftest import TOKENIZER_FIXTURES
 

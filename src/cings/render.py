@@ -1,27 +1,21 @@
 """Record + mode + tokenizer -> token ids and labels. The heart of cings.
 
-A record is laid out as text parts of known kinds (instruction, context, marker, answer, ...),
+A record is laid out as text parts of known kinds (instruction, passage, marker, answer, ...),
 placed into the chat template's frame (:mod:`cings.chat_frame`), tokenized **once** with offsets,
-and each token's label follows from the kinds of the characters it covers:
-
-* a token covering only trainable characters is trained;
-* a token straddling template text and trainable text is trained (Llama-2's ``▁Paris`` after
-  ``[/INST]`` carries the template's space; the model emits it at inference);
-* a token touching any masked record text (context, instruction, a masked marker) is never trained.
-
+and each token's label follows from the kinds of the characters it covers (:mod:`cings.masking`).
 The four modes differ only in which kinds are trainable.
 """
 
 from __future__ import annotations
 
-import bisect
 import gc
-import re
+import warnings
 from dataclasses import dataclass, field, fields, replace
-from enum import Enum, IntEnum
+from enum import Enum
 from typing import Any, Sequence
 
 from .chat_frame import ChatFrame, TemplateError, build_frame, control_pattern, control_tokens, resolve_template
+from .masking import EncodingTokens, HeadTokens, Kind, OffsetTokens, Tokens, assign_labels
 from .records import Context, Record, RecordError
 
 __all__ = ["Mode", "parse_mode", "Kind", "RenderOptions", "Renderer", "Rendered", "Dropped",
@@ -70,16 +64,6 @@ def parse_mode(name: str | Mode) -> Mode:
         return MODE_ALIASES[key]
     raise ValueError(f"unknown mode {name!r}: choose one of {', '.join(m.value for m in Mode)}"
                      f" (aliases: {', '.join(sorted(MODE_ALIASES))})")
-
-
-class Kind(IntEnum):
-    FRAME = 0          # text written by the chat template (headers, the tail after end-of-turn)
-    PROMPT = 1         # system prompt and instruction
-    MARKER = 2         # "## Context", numbering and separators around passages
-    CONTEXT = 3        # passage text
-    ANSWER_MARKER = 4  # " ## Answer"
-    ANSWER = 5         # the response (with the space that follows "## Answer")
-    EOT = 6            # the template's end-of-turn token(s) after the response
 
 
 @dataclass(frozen=True)
@@ -166,6 +150,9 @@ def passage_text(ctx: Context, title_separator: str) -> str:
     return " ".join(raw.split())
 
 
+_MAX_HEADS = 256  # distinct system prompts whose encodings are kept; the rest are encoded whole
+
+
 class Renderer:
     """Renders records for one tokenizer and one set of options. Cheap to call, expensive to build."""
 
@@ -194,6 +181,10 @@ class Renderer:
             frame = build_frame(self.tokenizer, self.template, with_system=with_system,
                                 template_kwargs=dict(self.options.template_kwargs))
             self._frames[with_system] = frame
+            if frame.eot_chars == 0:
+                warnings.warn(f"the chat template ({self.template_source}) writes nothing after the assistant"
+                              " turn: no end-of-turn token will be trained, so the model will not learn to stop",
+                              stacklevel=2)
             self._head_cut[with_system] = self._safe_cut(frame.pieces[len(frame.slots) - 2])
         return self._frames[with_system]
 
@@ -322,14 +313,14 @@ class Renderer:
         plain = [i for i, lay in enumerate(layouts) if not lay.has_control_text]
         for i in plain:  # first sight of a head: encode it alone and check that splitting there is exact
             lay = layouts[i]
-            if lay.head and lay.text[:lay.head] not in self._heads:
+            if lay.head and lay.text[:lay.head] not in self._heads and len(self._heads) < _MAX_HEADS:
                 self._heads[lay.text[:lay.head]] = self._check_head(lay)
         heads = [self._heads.get(layouts[i].text[:layouts[i].head]) if layouts[i].head else None for i in plain]
         self.backend.encode_special_tokens = False
         texts = [layouts[i].text[layouts[i].head:] if head else layouts[i].text for i, head in zip(plain, heads)]
-        encodings: dict[int, _Tokens] = {}
+        encodings: dict[int, Tokens] = {}
         for i, head, enc in zip(plain, heads, self.backend.encode_batch(texts, add_special_tokens=False) if texts else []):
-            encodings[i] = _HeadTokens(head[0], head[1], enc, layouts[i].head) if head else _EncodingTokens(enc)
+            encodings[i] = HeadTokens(head[0], head[1], enc, layouts[i].head) if head else EncodingTokens(enc)
         out: list[Rendered | Dropped] = []
         for i, (record, lay) in enumerate(zip(records, layouts)):
             tokens = encodings[i] if i in encodings else self._encode_sanitized(lay)
@@ -337,7 +328,7 @@ class Renderer:
             out.append(result)
         return out
 
-    def _finish(self, record: Record, lay: Layout, tokens: "_Tokens", with_offsets: bool) -> Rendered | Dropped:
+    def _finish(self, record: Record, lay: Layout, tokens: Tokens, with_offsets: bool) -> Rendered | Dropped:
         truncated = False
         if len(tokens) > self.options.max_length:
             fitted = self._truncate(record, lay, tokens)
@@ -359,13 +350,13 @@ class Renderer:
             return None
         return head.ids, head.offsets
 
-    def _tokens(self, lay: Layout) -> "_Tokens":
+    def _tokens(self, lay: Layout) -> Tokens:
         if lay.has_control_text:
             return self._encode_sanitized(lay)
         self.backend.encode_special_tokens = False
-        return _EncodingTokens(self.backend.encode(lay.text, add_special_tokens=False))
+        return EncodingTokens(self.backend.encode(lay.text, add_special_tokens=False))
 
-    def _truncate(self, record: Record, lay: Layout, tokens: "_Tokens"):
+    def _truncate(self, record: Record, lay: Layout, tokens: Tokens):
         """Cut passages from their end (last passage first) until the sequence fits; never the response."""
         limit = self.options.max_length
         if not self.options.mode.uses_context or not any(k is Kind.CONTEXT for _, _, k in lay.spans):
@@ -401,7 +392,7 @@ class Renderer:
             tokens = self._tokens(lay)
         return Dropped(record.id, "truncation_did_not_converge", len(tokens))
 
-    def _encode_sanitized(self, lay: Layout) -> "_OffsetTokens":
+    def _encode_sanitized(self, lay: Layout) -> OffsetTokens:
         """Encode a text whose record parts spell control tokens: those spellings become plain text.
 
         Same scheme as transformers' ``apply_chat_template(sanitize_control_tokens=True)``: split at
@@ -423,7 +414,7 @@ class Renderer:
             if e > s:
                 self._encode_piece(lay.text, s, e, plain=True, first=s == 0, ids=ids, offsets=offsets)
             pos = e
-        return _OffsetTokens(ids, offsets)
+        return OffsetTokens(ids, offsets)
 
     def _encode_piece(self, text: str, s: int, e: int, *, plain: bool, first: bool,
                       ids: list[int], offsets: list[tuple[int, int]]) -> None:
@@ -451,160 +442,6 @@ class Renderer:
             return
         ids.extend(piece_ids)
         offsets.extend((a + s, b + s) for a, b in piece_offsets)
-
-
-class _Tokens:
-    """Token lookups by character, over a tokenizers Encoding or over plain offset lists."""
-
-    def __len__(self) -> int: ...
-    def ids(self) -> list[int]: ...
-    def offsets(self) -> list[tuple[int, int]]: ...
-    def span(self, t: int) -> tuple[int, int]: ...
-    def token_at(self, c: int) -> int | None: ...
-
-    def char_start(self, t: int) -> int:
-        return self.span(t)[0]
-
-    def token_range(self, s: int, e: int) -> tuple[int | None, int | None]:
-        """First and last token overlapping characters [s, e), or (None, None)."""
-        n = len(self)
-        first = None
-        for c in range(s, e):
-            first = self.token_at(c)
-            if first is not None:
-                break
-        if first is None:
-            return None, None
-        while first > 0 and self.span(first - 1)[1] > s:
-            first -= 1
-        last = None
-        for c in range(e - 1, s - 1, -1):
-            last = self.token_at(c)
-            if last is not None:
-                break
-        while last + 1 < n and self.span(last + 1)[0] < e:
-            last += 1
-        return first, last
-
-
-class _EncodingTokens(_Tokens):
-    def __init__(self, encoding: Any):
-        self.enc = encoding
-        self._n = len(encoding.ids)
-
-    def __len__(self) -> int:
-        return self._n
-
-    def ids(self) -> list[int]:
-        return self.enc.ids
-
-    def offsets(self) -> list[tuple[int, int]]:
-        return self.enc.offsets
-
-    def span(self, t: int) -> tuple[int, int]:
-        return self.enc.token_to_chars(t)
-
-    def token_at(self, c: int) -> int | None:
-        return self.enc.char_to_token(c)
-
-
-class _HeadTokens(_Tokens):
-    """A cached head encoding followed by the encoding of the rest of the text (which starts at ``cut``)."""
-
-    def __init__(self, head_ids: list[int], head_offsets: list[tuple[int, int]], rest: Any, cut: int):
-        self.head_ids, self.head_offsets, self.rest, self.cut = head_ids, head_offsets, rest, cut
-        self.nh = len(head_ids)
-        self._n = self.nh + len(rest.ids)
-
-    def __len__(self) -> int:
-        return self._n
-
-    def ids(self) -> list[int]:
-        return self.head_ids + self.rest.ids
-
-    def offsets(self) -> list[tuple[int, int]]:
-        return self.head_offsets + [(a + self.cut, b + self.cut) for a, b in self.rest.offsets]
-
-    def span(self, t: int) -> tuple[int, int]:
-        if t < self.nh:
-            return self.head_offsets[t]
-        a, b = self.rest.token_to_chars(t - self.nh)
-        return a + self.cut, b + self.cut
-
-    def token_at(self, c: int) -> int | None:
-        if c < self.cut:
-            return _OffsetTokens(self.head_ids, self.head_offsets).token_at(c)
-        t = self.rest.char_to_token(c - self.cut)
-        return None if t is None else t + self.nh
-
-
-class _OffsetTokens(_Tokens):
-    def __init__(self, ids: list[int], offsets: list[tuple[int, int]]):
-        self._ids, self._offsets = ids, offsets
-        self._ends = [b for _, b in offsets]
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def ids(self) -> list[int]:
-        return self._ids
-
-    def offsets(self) -> list[tuple[int, int]]:
-        return self._offsets
-
-    def span(self, t: int) -> tuple[int, int]:
-        return self._offsets[t]
-
-    def token_at(self, c: int) -> int | None:
-        t = bisect.bisect_right(self._ends, c)  # first token ending after c
-        if t < len(self._ids) and self._offsets[t][0] <= c < self._offsets[t][1]:
-            return t
-        return None
-
-
-def assign_labels(ids: list[int], spans: list[tuple[int, int, Kind]], trainable: frozenset[Kind],
-                  tokens: _Tokens) -> list[int]:
-    """Labels from character kinds: see the module docstring for the one straddling rule."""
-    labels = [-100] * len(ids)
-    runs: list[list[int]] = []
-    for s, e, kind in spans:
-        if kind in trainable:
-            if runs and runs[-1][1] == s:
-                runs[-1][1] = e
-            else:
-                runs.append([s, e])
-    if not runs:
-        return labels
-    starts = [s for s, _, _ in spans]
-
-    def touches_masked(a: int, b: int) -> bool:
-        i = max(bisect.bisect_right(starts, a) - 1, 0)
-        while i < len(spans) and spans[i][0] < b:
-            s, e, kind = spans[i]
-            if e > a and kind is not Kind.FRAME and kind not in trainable:
-                return True
-            i += 1
-        return False
-
-    for s, e in runs:
-        first, last = tokens.token_range(s, e)
-        if first is None:
-            continue
-        while first <= last:
-            a, b = tokens.span(first)
-            if a < s and touches_masked(a, s) or b > e and touches_masked(e, b):
-                first += 1
-            else:
-                break
-        while last >= first:
-            a, b = tokens.span(last)
-            if b > e and touches_masked(e, b) or a < s and touches_masked(a, s):
-                last -= 1
-            else:
-                break
-        if first <= last:
-            labels[first:last + 1] = ids[first:last + 1]
-    return labels
 
 
 def _strip_parts(parts: list[Part], frame: ChatFrame, slot: int) -> list[Part]:
