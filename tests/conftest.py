@@ -12,7 +12,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CINGS_SHARED", ROOT.parent / "shared"))
+# The shared folder sits beside the checkout (../shared) or inside it (shared/); CINGS_SHARED overrides.
+SHARED = Path(os.environ.get("CINGS_SHARED") or next(
+    (p for p in (ROOT / "shared", ROOT.parent / "shared") if p.is_dir()), ROOT.parent / "shared"))
 TOKENIZERS = SHARED / "tokenizers"
 DATA = SHARED / "data"
 EXAMPLES = ROOT / "examples"
