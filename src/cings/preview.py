@@ -48,6 +48,8 @@ def preview(records: Iterable, renderer: Renderer, *, n: int = 3, plain: bool = 
     from rich.text import Text
 
     console = Console(file=stream, highlight=False, soft_wrap=True, no_color=plain, force_terminal=color)
+    if color is None and not console.is_terminal:
+        plain = True  # colour would be lost in a pipe or a log file: mark the trained text with [[ ]]
     mode = renderer.options.mode.value
     shown = 0
     for record in records:
