@@ -51,7 +51,7 @@ def preview(records: Iterable, renderer: Renderer, *, n: int = 3, plain: bool = 
     if color is None and not console.is_terminal:
         plain = True  # colour would be lost in a pipe or a log file: mark the trained text with [[ ]]
     mode = renderer.options.mode.value
-    shown = 0
+    shown = dropped = tokens = trained = 0
     for record in records:
         if shown >= n:
             break
@@ -59,8 +59,11 @@ def preview(records: Iterable, renderer: Renderer, *, n: int = 3, plain: bool = 
         result = renderer.render(record, with_offsets=True)
         shown += 1
         if isinstance(result, Dropped):
+            dropped += 1
             console.print(f"── {record.id} · mode {mode} · DROPPED: {result.reason} ({result.num_tokens} tokens)")
             continue
+        tokens += len(result.input_ids)
+        trained += result.num_trained
         cut = " · contexts cut to fit" if result.truncated else ""
         header = (f"── {result.id} · mode {mode} · {len(result.input_ids)} tokens · {result.num_trained} trained"
                   f" · template {renderer.template_source}{cut}")
@@ -75,6 +78,8 @@ def preview(records: Iterable, renderer: Renderer, *, n: int = 3, plain: bool = 
                 body.append(text, style=styles[cls])
             console.print(body)
         console.print()
+    console.print(f"shown {shown}: {shown - dropped} rendered, {dropped} dropped; tokens {tokens}, trained {trained}",
+                  markup=False)
     if plain:
         console.print(LEGEND_PLAIN, markup=False)
     else:
