@@ -105,7 +105,167 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("-n", "--num", type=int, default=3, dest="n", help="how many examples to show")
     pre.add_argument("--plain", action="store_true", help="no colour: mark trained text with [[ ]]")
     pre.set_defaults(func=cmd_preview)
+    _add_data_commands(sub)
     return parser
+
+
+# ---------------------------------------------------------------- data commands
+
+def _field_map(value: str) -> dict[str, str]:
+    out = {}
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        name, sep, source = part.partition("=")
+        if not sep or not name.strip() or not source.strip():
+            raise argparse.ArgumentTypeError(f"expected grounded=source pairs like instruction=question, not {part!r}")
+        out[name.strip()] = source.strip()
+    return out
+
+
+def _add_data_commands(sub) -> None:
+    from .formats import FORMATS
+    from .prepare import ON_ERROR
+
+    prep = sub.add_parser("prepare", help="raw data (Self-RAG, SQuAD, DPR, HotpotQA, ...) -> grounded records",
+                          description="Convert raw files of a known format into grounded records (docs/data-format.md).")
+    prep.add_argument("--format", required=True, choices=FORMATS, help="the input format")
+    prep.add_argument("--input", required=True, nargs="+", help="input files (json, jsonl, csv, tsv, parquet; .gz/.bz2/.xz)")
+    prep.add_argument("--output", required=True, help="grounded records, JSON Lines")
+    prep.add_argument("--on-error", "--on_error", choices=ON_ERROR, default="raise",
+                      help="a malformed row stops the run (raise, default) or is skipped and counted (skip)")
+    prep.add_argument("--response-field", "--response_field", help="QA formats: the field holding the response (default: the first answer)")
+    prep.add_argument("--max-contexts", "--max_contexts", type=int, metavar="K", help="keep at most K passages per record")
+    prep.add_argument("--unanswerable-response", default="unanswerable", help="squad v2: response of unanswerable questions")
+    prep.add_argument("--field-map", "--field_map", type=_field_map, default={}, metavar="MAP",
+                      help="jsonl: grounded=source fields, e.g. instruction=question,response=answer,contexts=docs")
+    sr = prep.add_argument_group("selfrag filters (each drop is counted)")
+    sr.add_argument("--passages", choices=["any", "single", "multi"], default="any", help="records with one passage, several, or any")
+    sr.add_argument("--support", choices=["any", "partial", "full"], default="any",
+                    help="keep sentences fully supported (full), at least partially (partial), or all (any)")
+    sr.add_argument("--irrelevant", choices=["drop", "keep-as-distractor", "drop-record"], default="drop",
+                    help="[Irrelevant] paragraphs: removed, kept as distractor passages, or their record dropped")
+    sr.add_argument("--subset", choices=["all", "retrieval", "no_retrieval"], default="all", help="which records to keep")
+    sr.add_argument("--min-utility", "--min_utility", type=int, metavar="K", help="drop records whose [Utility:K] is lower")
+    sr.add_argument("--dataset-name", "--dataset_name", nargs="+", default=[], metavar="NAME", help="keep only these dataset_name values")
+    prep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    prep.set_defaults(func=cmd_prepare)
+
+    spl = sub.add_parser("split", help="deterministic train/dev/test splits by a key (no article shared across splits)",
+                         description="Split records by a key so that no key value is shared across splits.")
+    spl.add_argument("--input", required=True, help="grounded records")
+    spl.add_argument("--output-dir", "--output_dir", required=True, help="folder for NAME.jsonl per split and summary.json")
+    spl.add_argument("--by", default="title", help="title (first passage's title), context (paragraph), id, or meta.FIELD")
+    spl.add_argument("--fractions", default="0.8,0.1,0.1", help="split sizes, e.g. 0.8,0.1,0.1 or 8:1:1")
+    spl.add_argument("--names", default="train,dev,test", help="split names, as many as fractions")
+    spl.add_argument("--seed", type=int, default=0)
+    spl.set_defaults(func=cmd_split)
+
+    mix = sub.add_parser("mix", help="mix record files by ratio or count (e.g. context and context-free subsets)",
+                         description="Sample record files by ratio or count into one shuffled mixture.")
+    mix.add_argument("--input", required=True, nargs="+", help="grounded record files")
+    mix.add_argument("--output", required=True)
+    mix.add_argument("--ratio", help="parts per input, e.g. 1:1 (default: equal)")
+    mix.add_argument("--size", type=int, help="total records (with --ratio; default: the largest the inputs allow)")
+    mix.add_argument("--count", type=int, nargs="+", help="records per input, instead of --ratio")
+    mix.add_argument("--replace", action="store_true", help="sample with replacement (allows more than available)")
+    mix.add_argument("--seed", type=int, default=0)
+    mix.set_defaults(func=cmd_mix)
+
+    cf = sub.add_parser("counterfactual", help="knowledge-conflict set: swap the answer in the passage for another",
+                        description="Build a knowledge-conflict evaluation set from extractive QA records (SQuAD).")
+    cf.add_argument("--input", required=True, help="grounded records from extractive QA (cings prepare --format squad)")
+    cf.add_argument("--output", required=True)
+    cf.add_argument("--seed", type=int, default=0)
+    cf.set_defaults(func=cmd_counterfactual)
+
+
+def _finish_data(summary: dict, output: str) -> int:
+    from .summary import print_summary, write_summary
+
+    print_summary(summary)
+    path = write_summary(summary, output)
+    print(f"cings {summary['command']}: wrote {output} (summary: {path})", file=sys.stderr)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .formats import PrepareOptions
+    from .prepare import run_prepare
+
+    options = PrepareOptions(response_field=args.response_field, max_contexts=args.max_contexts,
+                             unanswerable_response=args.unanswerable_response, field_map=args.field_map,
+                             passages=args.passages, support=args.support, irrelevant=args.irrelevant,
+                             subset=args.subset, min_utility=args.min_utility, dataset_names=tuple(args.dataset_name))
+    summary = run_prepare(args.format, args.input, args.output, options, args.on_error, progress=not args.no_progress)
+    return _finish_data(summary, args.output)
+
+
+def _read_all(path: str) -> list:
+    from .records import read_records
+
+    return list(read_records(path))
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .records import write_records
+    from .splits import parse_ratio, split_records
+    from .summary import describe
+
+    fractions = parse_ratio(args.fractions)
+    names = [n.strip() for n in args.names.split(",") if n.strip()]
+    if len(names) != len(fractions):
+        raise ValueError(f"--names has {len(names)} names for {len(fractions)} fractions")
+    records = _read_all(args.input)
+    parts, keys = split_records(records, fractions, by=args.by, seed=args.seed)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in zip(names, parts):
+        write_records(part, out / f"{name}.jsonl")
+    summary = {"command": "split", "input": args.input, "by": args.by, "seed": args.seed, "records_in": len(records),
+               "records_out": sum(map(len, parts)), "dropped": {},
+               "splits": {name: {"records": len(part), "keys": len(k), "shape": describe(part)}
+                          for name, part, k in zip(names, parts, keys)},
+               "keys": dict(zip(names, keys)), "shape": describe(records),
+               "extra": {f"split {n}": f"{len(p)} records, {len(k)} keys" for n, p, k in zip(names, parts, keys)}}
+    return _finish_data(summary, str(out))
+
+
+def cmd_mix(args: argparse.Namespace) -> int:
+    from .records import write_records
+    from .splits import mix_records, parse_ratio, source_name
+    from .summary import describe
+
+    if args.count and (args.ratio or args.size):
+        raise ValueError("give --count, or --ratio (with --size), not both")
+    sources = [(source_name(p), _read_all(p)) for p in args.input]
+    names = [n for n, _ in sources]
+    if len(set(names)) != len(names):
+        sources = [(f"{i}-{n}", recs) for i, (n, recs) in enumerate(sources)]
+    mixed, report = mix_records(sources, counts=args.count, ratio=parse_ratio(args.ratio) if args.ratio else None,
+                                size=args.size, seed=args.seed, replace=args.replace)
+    write_records(mixed, args.output)
+    summary = {"command": "mix", "inputs": args.input, "records_in": sum(len(r) for _, r in sources),
+               "records_out": len(mixed), "dropped": {}, **report, "shape": describe(mixed),
+               "extra": {f"from {s['name']}": f"{s['taken']} of {s['available']}" for s in report["sources"]}}
+    return _finish_data(summary, args.output)
+
+
+def cmd_counterfactual(args: argparse.Namespace) -> int:
+    from .counterfactual import make_counterfactual
+    from .records import write_records
+    from .summary import describe
+
+    records = _read_all(args.input)
+    out, stats = make_counterfactual(records, seed=args.seed)
+    write_records(out, args.output)
+    summary = {"command": "counterfactual", "input": args.input, "seed": args.seed, "records_in": stats.records_in,
+               "records_out": stats.records_out, "dropped": dict(stats.dropped), "by_type": dict(stats.by_type),
+               "shape": describe(out), "extra": {"kept by answer type": ", ".join(
+                   f"{k} {v}" for k, v in sorted(stats.by_type.items()))}}
+    return _finish_data(summary, args.output)
 
 
 def _renderer(args: argparse.Namespace):

@@ -7,7 +7,7 @@ from typing import Any
 
 from .common import ConvertStats, Reader
 
-__all__ = ["PrepareOptions", "ConvertStats", "Reader", "READERS", "get_reader", "FORMATS"]
+__all__ = ["PrepareOptions", "ConvertStats", "Reader", "get_reader", "FORMATS"]
 
 
 @dataclass
@@ -28,20 +28,17 @@ class PrepareOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _readers() -> dict[str, type[Reader]]:
-    from . import jsonl, qa, selfrag
-
-    return {"selfrag": selfrag.SelfRAGReader, "squad": qa.SquadReader, "dpr": qa.DPRReader,
-            "hotpotqa": qa.HotpotQAReader, "flashrag": qa.FlashRAGReader, "alce": qa.ALCEReader,
-            "retrievalqa": qa.RetrievalQAReader, "jsonl": jsonl.JsonlReader}
-
-
 FORMATS = ("selfrag", "squad", "dpr", "hotpotqa", "flashrag", "alce", "retrievalqa", "jsonl")
-READERS = _readers  # resolved lazily so that importing one reader does not import all
+# Imported on demand: reading SQuAD needs no Self-RAG code.
+_READERS = {"selfrag": "selfrag:SelfRAGReader", "squad": "qa:SquadReader", "dpr": "qa:DPRReader",
+            "hotpotqa": "qa:HotpotQAReader", "flashrag": "qa:FlashRAGReader", "alce": "qa:ALCEReader",
+            "retrievalqa": "qa:RetrievalQAReader", "jsonl": "jsonl:JsonlReader"}
 
 
 def get_reader(name: str, options: PrepareOptions | None = None) -> Reader:
-    readers = _readers()
-    if name not in readers:
+    if name not in _READERS:
         raise ValueError(f"unknown format {name!r}: choose one of {', '.join(FORMATS)}")
-    return readers[name](options or PrepareOptions())
+    from importlib import import_module
+
+    module, cls = _READERS[name].split(":")
+    return getattr(import_module(f"{__name__}.{module}"), cls)(options or PrepareOptions())

@@ -115,7 +115,8 @@ def read_json_document(path: Path) -> Any:
 def iter_rows(path: Path) -> Iterator[tuple[str, Any]]:
     """Rows of a JSON Lines, JSON array, CSV/TSV or Parquet file, each with ``FILE:LINE`` (or ``FILE:[i]``).
 
-    Compressed files (.gz, .bz2, .xz) are read transparently. An empty file is an error.
+    Compressed files (.gz, .bz2, .xz) are read transparently. An empty or unreadable file raises;
+    a broken JSON line is yielded as a :class:`RecordError` in place of the row.
     """
     path = Path(path)
     kind, _ = _suffixes(path)
@@ -150,7 +151,8 @@ def iter_rows(path: Path) -> Iterator[tuple[str, Any]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
-            raise RecordError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+            # Yielded, not raised: the driver decides whether a broken line stops the run or is skipped.
+            obj = RecordError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})")
         yield f"{path}:{lineno}", obj
 
 
