@@ -1,0 +1,243 @@
+"""Knowledge-conflict records from extractive QA: the passage is rewritten so that it supports another answer.
+
+For each grounded record (SQuAD-style: the answers are spans of the passage), every occurrence of every
+original answer in the passage is replaced by an answer *of the same type* taken from a different question.
+The output record asks the same question, its passage now says the substitute, ``answers`` is
+``(substitute,)`` and ``parametric_answers`` holds the original answers (what a model may know from
+pre-training). The id is kept unchanged: the output is a separate file and the id links each record to its
+source; ``meta`` gains ``counterfactual``, ``answer_type``, ``substituted_from`` (the donor question's id) and
+``original_answer``.
+
+Answer type (:func:`answer_type`), decided on the answer stripped of surrounding spaces and ``.,;:``; the first
+rule that matches wins:
+
+``year`` 1000-2099 alone; ``decade`` "1980s", "the 1970s"; ``date`` a month name with a digit, or a month
+name in at most two words ("October 16, 2012", "June"); ``percent`` "%", "percent" or "per cent";
+``money`` a currency sign or word ("$2 million", "5 pounds"); ``ordinal`` one ordinal ("third", "20th");
+``number`` only number tokens (digits, "1/6", "30,000", number words, "twenty-five", "two million");
+``name`` every word capitalised, apart from connectors (of, the, and, de, von, &, ...) and words with
+digits ("Denver Broncos", "University of Chicago", "Super Bowl 50"); ``quantity`` any other answer with a
+number ("25 nm", "over 50 letters"); then by length ``word`` (one word), ``phrase`` (2-4), ``clause`` (5+).
+
+Rules. The substitute is the first answer of another question, of the same type, from another article
+when one fits, else from another paragraph of the same article, never from the same paragraph. It must
+not equal an original answer after SQuAD normalisation, nor contain one, nor occur anywhere in the
+record's passages, titles or question (case-insensitive). Originals are replaced longest first in one pass
+with word boundaries, so "Denver" inside "Denverite" is never rewritten; a record is dropped, with its
+reason counted, whenever the result could not be clean: no passage (``no_context``), several answer
+segments (``has_segments``), an answer of fewer than two characters other than a digit
+(``answer_too_short``), an answer in the question or a passage title, which would leak it
+(``answer_in_question``, ``answer_in_title``), no answer standing as whole words in the passage
+(``answer_not_in_passage``), an answer still left inside a longer word (``answer_inside_word``), no donor
+(``no_donor_of_same_type``), or an original answer recreated by the substitution (``unsafe_replacement``).
+Afterwards no original answer occurs in any passage, even as a substring, and the substitute does.
+
+Choices are deterministic: each record draws from ``random.Random(f"{seed}/{id}")`` so that one record's
+substitute does not change when other records are added or dropped, and donor pools are lists in input
+order, never sets.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+import string
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable
+
+from .records import Record
+
+__all__ = ["CounterfactualStats", "answer_type", "make_counterfactual", "ANSWER_TYPES"]
+
+ANSWER_TYPES = ("year", "decade", "date", "percent", "money", "ordinal", "number", "name", "quantity",
+                "word", "phrase", "clause")
+
+_MONTHS = ("January|February|March|April|May|June|July|August|September|October|November|December|"
+           "Jan\\.|Feb\\.|Mar\\.|Apr\\.|Aug\\.|Sept?\\.|Oct\\.|Nov\\.|Dec\\.")
+_MONTH = re.compile(rf"(?<!\w)(?:{_MONTHS})(?!\w)")  # case-sensitive: "may" the verb is not a month
+_NUMBER_WORD = ("zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|"
+                "sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|"
+                "hundred|thousand|million|billion|trillion|dozen")
+_NUMBER_TOKEN = re.compile(rf"(?:[+-]?\d[\d,.]*|\d+/\d+|(?:{_NUMBER_WORD})(?:-(?:{_NUMBER_WORD}))*)", re.I)
+_HAS_NUMBER = re.compile(rf"\d|(?<!\w)(?:{_NUMBER_WORD})(?!\w)", re.I)
+# A quantity needs a number standing as a word: not "H2O", and not "one" (mostly a pronoun: "one of the ...").
+_QUANTITY = re.compile(rf"(?<!\w)(?:\d|(?!one\b)(?:{_NUMBER_WORD})(?!\w))", re.I)
+_ORDINAL = re.compile(r"\d+(?:st|nd|rd|th)|first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|"
+                      r"eleventh|twelfth|(?:thir|four|fif|six|seven|eigh|nine)teenth|twentieth|hundredth|last", re.I)
+_CONNECTORS = {"of", "the", "and", "for", "in", "on", "at", "de", "del", "da", "di", "du", "des", "la", "le",
+               "van", "von", "der", "den", "y", "&", "-", "'s", "a", "an", "to"}
+_EDGE = " \t\n.,;:"
+
+
+def _clean(text: str) -> str:
+    return text.strip(_EDGE)
+
+
+def answer_type(text: str) -> str:
+    """The coarse type of an answer string; see the module docstring for the rules."""
+    t = _clean(text)
+    low = t.lower()
+    words = t.split()
+    if re.fullmatch(r"1\d{3}|20\d{2}", t):
+        return "year"
+    if re.fullmatch(r"(?:the\s+)?(?:\d{2,3}0s|'\d0s)", low):
+        return "decade"
+    if _MONTH.search(t) and (re.search(r"\d", t) or len(words) <= 2):
+        return "date"
+    has_number = bool(_HAS_NUMBER.search(t))
+    if has_number and re.search(r"%|\bper\s?cent\b", low):
+        return "percent"
+    if has_number and re.search(r"[$£€¥]|\b(?:dollars?|pounds?|euros?|yen|cents?|usd|francs?|marks)\b", low):
+        return "money"
+    if len(words) == 1 and _ORDINAL.fullmatch(t):
+        return "ordinal"
+    if words and all(_NUMBER_TOKEN.fullmatch(w) for w in words):
+        return "number"
+    if words and words[0][:1].isupper() and all(
+            w.lower() in _CONNECTORS or w.lstrip("(\"'[“‘")[:1].isupper() or re.search(r"\d", w) or not re.search(r"\w", w)
+            for w in words):
+        return "name"
+    if _QUANTITY.search(t):
+        return "quantity"
+    return "word" if len(words) == 1 else "phrase" if len(words) <= 4 else "clause"
+
+
+@dataclass
+class CounterfactualStats:
+    """What ``make_counterfactual`` did: records read, records written, drops by reason, kept by type."""
+
+    records_in: int = 0
+    records_out: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    by_type: Counter = field(default_factory=Counter)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"records_in": self.records_in, "records_out": self.records_out,
+                "dropped": dict(self.dropped.most_common()), "by_type": dict(self.by_type.most_common())}
+
+
+def _normalise(text: str) -> str:
+    # SQuAD's answer normalisation, so that "the Broncos" and "Broncos." count as the same answer.
+    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
+    return " ".join(w for w in text.split() if w not in {"a", "an", "the"})
+
+
+def _too_short(text: str) -> bool:
+    return len(text) < 2 and not text.isdigit()
+
+
+def _pattern(answers: list[str]) -> re.Pattern:
+    # Longest first, so that at each position "Denver Broncos" wins over "Denver"; any run of spaces matches.
+    alts = [r"\s+".join(map(re.escape, a.split())) for a in sorted(answers, key=lambda a: (-len(a), a))]
+    return re.compile(r"(?<!\w)(?:" + "|".join(alts) + r")(?!\w)", re.I)
+
+
+def _sentence_start(text: str, pos: int) -> bool:
+    return not text[:pos].strip() or bool(re.search(r"[.!?]\s+$", text[:pos]))
+
+
+@dataclass(frozen=True)
+class _Donor:
+    id: str
+    text: str
+    article: str
+    paragraph: tuple[str, ...]
+
+
+def _article(record: Record) -> str:
+    return str(record.meta.get("title") or (record.contexts[0].title if record.contexts else ""))
+
+
+def _originals(record: Record) -> tuple[str, ...]:
+    return tuple(a for a in (record.answers or (record.response,)) if a.strip())
+
+
+def _choose(record: Record, pool: list[_Donor], rng: random.Random, originals: list[str]) -> _Donor | None:
+    paragraph, article = tuple(c.text for c in record.contexts), _article(record)
+    seen = "\n".join([record.instruction, *(c.text for c in record.contexts), *(c.title for c in record.contexts)]).lower()
+    norms = {_normalise(a) for a in originals}
+
+    def fits(d: _Donor) -> bool:
+        low = d.text.lower()
+        return (d.paragraph != paragraph and d.id != record.id and low not in seen and _normalise(d.text) not in norms
+                and not any(a.lower() in low for a in originals))
+
+    # Preference: another article and about as many words (a two-word name for a two-word name), then another
+    # article, then another paragraph of the same article. A few random draws find a donor almost always; the
+    # full scan from a random start keeps small pools usable.
+    n = len(originals[0].split())
+    levels = [lambda d: d.article != article and abs(len(d.text.split()) - n) <= n // 4,
+              lambda d: d.article != article, lambda d: True]
+    draws, start = rng.sample(range(len(pool)), min(len(pool), 40)), rng.randrange(len(pool))
+    for level in levels:
+        for i in itertools.chain(draws, ((start + k) % len(pool) for k in range(len(pool)))):
+            if level(pool[i]) and fits(pool[i]):
+                return pool[i]
+    return None
+
+
+def make_counterfactual(records: Iterable[Record], *, seed: int = 0) -> tuple[list[Record], CounterfactualStats]:
+    """Rewrite each record's passages around a same-type answer of another question; see the module docstring."""
+    records = list(records)
+    stats = CounterfactualStats(records_in=len(records))
+    pools: dict[str, list[_Donor]] = {}
+    taken: set[str] = set()
+    for r in records:
+        originals = _originals(r)
+        text = _clean(originals[0]) if originals else ""
+        if text and not _too_short(text) and "\n" not in text and _normalise(text) not in taken:
+            taken.add(_normalise(text))
+            pools.setdefault(answer_type(text), []).append(
+                _Donor(r.id, text, _article(r), tuple(c.text for c in r.contexts)))
+
+    out: list[Record] = []
+    for r in records:
+        reason, result = _rewrite(r, pools, random.Random(f"{seed}/{r.id}"))
+        if result is None:
+            stats.dropped[reason] += 1
+        else:
+            out.append(result)
+            stats.by_type[result.meta["answer_type"]] += 1
+    stats.records_out = len(out)
+    return out, stats
+
+
+def _rewrite(r: Record, pools: dict[str, list[_Donor]], rng: random.Random) -> tuple[str, Record | None]:
+    if not r.contexts or not any(c.text.strip() for c in r.contexts):
+        return "no_context", None
+    if r.segments:
+        return "has_segments", None
+    raw = _originals(r)
+    originals = list(dict.fromkeys(_clean(a) for a in raw))
+    if not originals or any(_too_short(a) for a in originals):
+        return "answer_too_short", None
+    if any(a.lower() in r.instruction.lower() for a in originals):
+        return "answer_in_question", None
+    if any(a.lower() in c.title.lower() for a in originals for c in r.contexts):
+        return "answer_in_title", None
+    pattern = _pattern(originals)
+    if not any(pattern.search(c.text) for c in r.contexts):
+        return "answer_not_in_passage", None
+    if any(a.lower() in pattern.sub("\0", c.text).lower() for a in originals for c in r.contexts):
+        return "answer_inside_word", None
+    kind = answer_type(raw[0])
+    donor = _choose(r, pools.get(kind, []), rng, originals)
+    if donor is None:
+        return "no_donor_of_same_type", None
+
+    def substitute(m: re.Match) -> str:
+        # Keep a sentence-initial capital when a lower-case substitute opens a sentence.
+        if donor.text[:1].islower() and m.group(0)[:1].isupper() and _sentence_start(m.string, m.start()):
+            return donor.text[:1].upper() + donor.text[1:]
+        return donor.text
+
+    contexts = tuple(replace(c, text=pattern.sub(substitute, c.text)) for c in r.contexts)
+    passages = "\n".join(c.text for c in contexts).lower()
+    if any(a.lower() in passages for a in (*originals, *raw)) or donor.text.lower() not in passages:
+        return "unsafe_replacement", None
+    meta = {**r.meta, "counterfactual": True, "answer_type": kind, "substituted_from": donor.id,
+            "original_answer": raw[0]}
+    return "", Record(id=r.id, instruction=r.instruction, contexts=contexts, response=donor.text, system=r.system,
+                      answers=(donor.text,), parametric_answers=raw, meta=meta)
