@@ -15,12 +15,16 @@ rule that matches wins:
 name in at most two words ("October 16, 2012", "June"); ``percent`` "%", "percent" or "per cent";
 ``money`` a currency sign or word ("$2 million", "5 pounds"); ``ordinal`` one ordinal ("third", "20th");
 ``number`` only number tokens (digits, "1/6", "30,000", number words, "twenty-five", "two million");
-``name`` every word capitalised, apart from connectors (of, the, and, de, von, &, ...) and words with
-digits ("Denver Broncos", "University of Chicago", "Super Bowl 50"); ``quantity`` any other answer with a
-number ("25 nm", "over 50 letters"); then by length ``word`` (one word), ``phrase`` (2-4), ``clause`` (5+).
+``name`` at least one capitalised word and no lower-case word other than connectors (of, the, and, de,
+von, ...; words without letters pass: "Denver Broncos", "University of Chicago", "Super Bowl 50");
+``time`` any other answer with a year ("since 1979", "spring of 1349"); ``quantity`` any other answer with a
+number standing as a word, "one" excepted as it is mostly a pronoun ("25 nm", "over 50 letters"); then by
+length ``word`` (one word), ``phrase`` (2-4), ``clause`` (5+).
 
-Rules. The substitute is the first answer of another question, of the same type, from another article
-when one fits, else from another paragraph of the same article, never from the same paragraph. It must
+Rules. The substitute is the first answer of another question, of the same type (each distinct answer
+text is one candidate, so frequent answers are not favoured), preferably from another article and with
+about as many words (equal up to 3 words, within a quarter beyond), else from another article, else from
+another paragraph of the same article, never from the same paragraph. It must
 not equal an original answer after SQuAD normalisation, nor contain one, nor occur anywhere in the
 record's passages, titles or question (case-insensitive). Originals are replaced longest first in one pass
 with word boundaries, so "Denver" inside "Denverite" is never rewritten; a record is dropped, with its
@@ -51,7 +55,7 @@ from .records import Record
 
 __all__ = ["CounterfactualStats", "answer_type", "make_counterfactual", "ANSWER_TYPES"]
 
-ANSWER_TYPES = ("year", "decade", "date", "percent", "money", "ordinal", "number", "name", "quantity",
+ANSWER_TYPES = ("year", "decade", "date", "percent", "money", "ordinal", "number", "name", "time", "quantity",
                 "word", "phrase", "clause")
 
 _MONTHS = ("January|February|March|April|May|June|July|August|September|October|November|December|"
@@ -95,10 +99,11 @@ def answer_type(text: str) -> str:
         return "ordinal"
     if words and all(_NUMBER_TOKEN.fullmatch(w) for w in words):
         return "number"
-    if words and words[0][:1].isupper() and all(
-            w.lower() in _CONNECTORS or w.lstrip("(\"'[“‘")[:1].isupper() or re.search(r"\d", w) or not re.search(r"\w", w)
-            for w in words):
+    capital = [w.lstrip("(\"'[“‘")[:1].isupper() and w.lower() not in _CONNECTORS for w in words]
+    if any(capital) and all(c or w.lower() in _CONNECTORS or not re.search(r"[^\W\d]", w) for c, w in zip(capital, words)):
         return "name"
+    if re.search(r"(?<!\d)(?:1\d{3}|20\d{2})(?:s|\b)", t):
+        return "time"
     if _QUANTITY.search(t):
         return "quantity"
     return "word" if len(words) == 1 else "phrase" if len(words) <= 4 else "clause"
@@ -144,6 +149,7 @@ class _Donor:
     text: str
     article: str
     paragraph: tuple[str, ...]
+    words: int
 
 
 def _article(record: Record) -> str:
@@ -168,7 +174,7 @@ def _choose(record: Record, pool: list[_Donor], rng: random.Random, originals: l
     # article, then another paragraph of the same article. A few random draws find a donor almost always; the
     # full scan from a random start keeps small pools usable.
     n = len(originals[0].split())
-    levels = [lambda d: d.article != article and abs(len(d.text.split()) - n) <= n // 4,
+    levels = [lambda d: d.article != article and abs(d.words - n) <= n // 4,
               lambda d: d.article != article, lambda d: True]
     draws, start = rng.sample(range(len(pool)), min(len(pool), 40)), rng.randrange(len(pool))
     for level in levels:
@@ -190,7 +196,7 @@ def make_counterfactual(records: Iterable[Record], *, seed: int = 0) -> tuple[li
         if text and not _too_short(text) and "\n" not in text and _normalise(text) not in taken:
             taken.add(_normalise(text))
             pools.setdefault(answer_type(text), []).append(
-                _Donor(r.id, text, _article(r), tuple(c.text for c in r.contexts)))
+                _Donor(r.id, text, _article(r), tuple(c.text for c in r.contexts), len(text.split())))
 
     out: list[Record] = []
     for r in records:
