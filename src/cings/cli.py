@@ -309,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (RecordError, TemplateError, TokenizerNotFound, ValueError, FileNotFoundError) as err:
+    except (RecordError, TemplateError, TokenizerNotFound, ValueError, OSError) as err:
         print(f"cings {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

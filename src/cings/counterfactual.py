@@ -17,28 +17,32 @@ name in at most two words ("October 16, 2012", "June"); ``percent`` "%", "percen
 ``number`` only number tokens (digits, "1/6", "30,000", number words, "twenty-five", "two million");
 ``name`` at least one capitalised word and no lower-case word other than connectors (of, the, and, de,
 von, ...; words without letters pass: "Denver Broncos", "University of Chicago", "Super Bowl 50");
-``time`` any other answer with a year ("since 1979", "spring of 1349"); ``quantity`` any other answer with a
-number standing as a word, "one" excepted as it is mostly a pronoun ("25 nm", "over 50 letters"); then by
-length ``word`` (one word), ``phrase`` (2-4), ``clause`` (5+).
+``time`` any other answer with a year or a century ("since 1979", "spring of 1349", "5th century");
+``quantity`` any other answer with a number standing as a word, "one" excepted as it is mostly a pronoun
+("25 nm", "over 50 letters"); then by length ``word`` (one word), ``phrase`` (2-4), ``clause`` (5+).
 
 Rules. The substitute is the first answer of another question, of the same type (each distinct answer
 text is one candidate, so frequent answers are not favoured), preferably from another article and with
 about as many words (equal up to 3 words, within a quarter beyond), else from another article, else from
-another paragraph of the same article, never from the same paragraph. It must
-not equal an original answer after SQuAD normalisation, nor contain one, nor occur anywhere in the
-record's passages, titles or question (case-insensitive). Originals are replaced longest first in one pass
-with word boundaries, so "Denver" inside "Denverite" is never rewritten; a record is dropped, with its
-reason counted, whenever the result could not be clean: no passage (``no_context``), several answer
-segments (``has_segments``), an answer of fewer than two characters other than a digit
-(``answer_too_short``), an answer in the question or a passage title, which would leak it
-(``answer_in_question``, ``answer_in_title``), no answer standing as whole words in the passage
-(``answer_not_in_passage``), an answer still left inside a longer word (``answer_inside_word``), no donor
-(``no_donor_of_same_type``), or an original answer recreated by the substitution (``unsafe_replacement``).
-Afterwards no original answer occurs in any passage, even as a substring, and the substitute does.
+another paragraph of the same article, never from the same paragraph. It must not equal an original answer
+after SQuAD normalisation, nor contain one, nor occur anywhere in the record's passages, titles or question
+(case-insensitive). Titles are kept as they are. Originals are replaced longest first in one pass, with
+word boundaries, so "Denver" inside "Denverite" is never rewritten. Afterwards no original answer occurs in
+any passage, even as a substring inside a word, and the substitute does; a record that cannot get there is
+dropped, with its reason counted:
 
-Choices are deterministic: each record draws from ``random.Random(f"{seed}/{id}")`` so that one record's
-substitute does not change when other records are added or dropped, and donor pools are lists in input
-order, never sets.
+- ``no_context``: no passage; ``has_segments``: several answer segments;
+- ``answer_too_short``: an answer of fewer than two characters other than a digit ("L", "P");
+- ``answer_in_question``, ``answer_in_title``: an answer as whole words in the question or a passage title,
+  which would give it away;
+- ``answer_not_in_passage``: no answer stands as whole words in the passage;
+- ``answer_inside_word``: an answer would be left inside a longer word ("gold" in "golden", "8" in "1980");
+- ``no_donor_of_same_type``: no candidate fits;
+- ``unsafe_replacement``: each of the first ten candidates recreates an original with its neighbours.
+
+Choices are deterministic and do not depend on the order of the input: donor pools are lists sorted by
+id, never sets, and each record draws from its own ``random.Random(f"{seed}/{id}")`` (string seeds do not
+depend on PYTHONHASHSEED) rather than from a generator shared in input order. Output keeps input order.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ import re
 import string
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .records import Record
 
@@ -99,10 +103,11 @@ def answer_type(text: str) -> str:
         return "ordinal"
     if words and all(_NUMBER_TOKEN.fullmatch(w) for w in words):
         return "number"
-    capital = [w.lstrip("(\"'[“‘")[:1].isupper() and w.lower() not in _CONNECTORS for w in words]
-    if any(capital) and all(c or w.lower() in _CONNECTORS or not re.search(r"[^\W\d]", w) for c, w in zip(capital, words)):
+    letters = [re.search(r"[^\W\d_]", w) for w in words]  # first letter of each word: "(TEU)", "2A" count
+    capital = [bool(m and m[0].isupper()) and w.lower() not in _CONNECTORS for m, w in zip(letters, words)]
+    if any(capital) and all(c or m is None or w.lower() in _CONNECTORS for c, m, w in zip(capital, letters, words)):
         return "name"
-    if re.search(r"(?<!\d)(?:1\d{3}|20\d{2})(?:s|\b)", t):
+    if re.search(r"(?<!\d)(?:1\d{3}|20\d{2})(?:s|\b)|\d(?:st|nd|rd|th) century", t, re.I):
         return "time"
     if _QUANTITY.search(t):
         return "quantity"
@@ -139,8 +144,14 @@ def _pattern(answers: list[str]) -> re.Pattern:
     return re.compile(r"(?<!\w)(?:" + "|".join(alts) + r")(?!\w)", re.I)
 
 
-def _sentence_start(text: str, pos: int) -> bool:
-    return not text[:pos].strip() or bool(re.search(r"[.!?]\s+$", text[:pos]))
+def _substitute(text: str):
+    def substitute(m: re.Match) -> str:
+        # Keep a sentence-initial capital when a lower-case substitute opens a sentence.
+        before = m.string[:m.start()]
+        if text[:1].islower() and m[0][:1].isupper() and (not before.strip() or re.search(r"[.!?]\s+$", before)):
+            return text[:1].upper() + text[1:]
+        return text
+    return substitute
 
 
 @dataclass(frozen=True)
@@ -160,7 +171,7 @@ def _originals(record: Record) -> tuple[str, ...]:
     return tuple(a for a in (record.answers or (record.response,)) if a.strip())
 
 
-def _choose(record: Record, pool: list[_Donor], rng: random.Random, originals: list[str]) -> _Donor | None:
+def _candidates(record: Record, pool: list[_Donor], rng: random.Random, originals: list[str]) -> Iterator[_Donor]:
     paragraph, article = tuple(c.text for c in record.contexts), _article(record)
     seen = "\n".join([record.instruction, *(c.text for c in record.contexts), *(c.title for c in record.contexts)]).lower()
     norms = {_normalise(a) for a in originals}
@@ -173,15 +184,18 @@ def _choose(record: Record, pool: list[_Donor], rng: random.Random, originals: l
     # Preference: another article and about as many words (a two-word name for a two-word name), then another
     # article, then another paragraph of the same article. A few random draws find a donor almost always; the
     # full scan from a random start keeps small pools usable.
+    if not pool:
+        return
     n = len(originals[0].split())
     levels = [lambda d: d.article != article and abs(d.words - n) <= n // 4,
               lambda d: d.article != article, lambda d: True]
     draws, start = rng.sample(range(len(pool)), min(len(pool), 40)), rng.randrange(len(pool))
+    given: set[int] = set()
     for level in levels:
         for i in itertools.chain(draws, ((start + k) % len(pool) for k in range(len(pool)))):
-            if level(pool[i]) and fits(pool[i]):
-                return pool[i]
-    return None
+            if i not in given and level(pool[i]) and fits(pool[i]):
+                given.add(i)
+                yield pool[i]
 
 
 def make_counterfactual(records: Iterable[Record], *, seed: int = 0) -> tuple[list[Record], CounterfactualStats]:
@@ -190,7 +204,7 @@ def make_counterfactual(records: Iterable[Record], *, seed: int = 0) -> tuple[li
     stats = CounterfactualStats(records_in=len(records))
     pools: dict[str, list[_Donor]] = {}
     taken: set[str] = set()
-    for r in records:
+    for r in sorted(records, key=lambda r: r.id):
         originals = _originals(r)
         text = _clean(originals[0]) if originals else ""
         if text and not _too_short(text) and "\n" not in text and _normalise(text) not in taken:
@@ -219,30 +233,29 @@ def _rewrite(r: Record, pools: dict[str, list[_Donor]], rng: random.Random) -> t
     originals = list(dict.fromkeys(_clean(a) for a in raw))
     if not originals or any(_too_short(a) for a in originals):
         return "answer_too_short", None
-    if any(a.lower() in r.instruction.lower() for a in originals):
-        return "answer_in_question", None
-    if any(a.lower() in c.title.lower() for a in originals for c in r.contexts):
-        return "answer_in_title", None
     pattern = _pattern(originals)
+    # Whole words only here: "5" in the title "Super Bowl 50" gives nothing away.
+    if pattern.search(r.instruction):
+        return "answer_in_question", None
+    if any(pattern.search(c.title) for c in r.contexts):
+        return "answer_in_title", None
     if not any(pattern.search(c.text) for c in r.contexts):
         return "answer_not_in_passage", None
     if any(a.lower() in pattern.sub("\0", c.text).lower() for a in originals for c in r.contexts):
         return "answer_inside_word", None
     kind = answer_type(raw[0])
-    donor = _choose(r, pools.get(kind, []), rng, originals)
-    if donor is None:
-        return "no_donor_of_same_type", None
-
-    def substitute(m: re.Match) -> str:
-        # Keep a sentence-initial capital when a lower-case substitute opens a sentence.
-        if donor.text[:1].islower() and m.group(0)[:1].isupper() and _sentence_start(m.string, m.start()):
-            return donor.text[:1].upper() + donor.text[1:]
-        return donor.text
-
-    contexts = tuple(replace(c, text=pattern.sub(substitute, c.text)) for c in r.contexts)
-    passages = "\n".join(c.text for c in contexts).lower()
-    if any(a.lower() in passages for a in (*originals, *raw)) or donor.text.lower() not in passages:
-        return "unsafe_replacement", None
+    # A substitute can recreate an original with its neighbours ("50% oxygen" + " atmosphere"), so a few
+    # candidates are tried before the record is given up.
+    tries = -1
+    for tries, donor in enumerate(_candidates(r, pools.get(kind, []), rng, originals)):
+        if tries == 10:
+            return "unsafe_replacement", None
+        contexts = tuple(replace(c, text=pattern.sub(_substitute(donor.text), c.text)) for c in r.contexts)
+        passages = "\n".join(c.text for c in contexts).lower()
+        if donor.text.lower() in passages and not any(a.lower() in passages for a in (*originals, *raw)):
+            break
+    else:
+        return ("unsafe_replacement" if tries >= 0 else "no_donor_of_same_type"), None
     meta = {**r.meta, "counterfactual": True, "answer_type": kind, "substituted_from": donor.id,
             "original_answer": raw[0]}
     return "", Record(id=r.id, instruction=r.instruction, contexts=contexts, response=donor.text, system=r.system,
