@@ -149,3 +149,10 @@ def test_field_map_errors_name_the_source_field(tmp_path):
     assert str(info.value) == f"{path}:1: field 'a' must be a string, not a number (--field-map response=a)"
     with pytest.raises(ValueError, match="--field-map: question is not a grounded field"):
         prepare("jsonl", [path], PrepareOptions(field_map={"question": "q"}))
+
+
+def test_jsonl_field_map_on_a_real_file():
+    options = PrepareOptions(field_map={"instruction": "question", "contexts": "ctxs"})
+    records, stats = prepare("jsonl", [shared("nq_open_oracle.jsonl.gz")], options)
+    assert len(records) == 2655 and not stats.dropped
+    assert records[0].response == "Wilhelm Conrad Röntgen" and records[0].contexts[0].gold is True

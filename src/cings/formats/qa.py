@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..records import Context, Record
-from .common import (ConvertStats, Reader, RecordError, as_answers, context_from, get_list, get_str, read_json_document,
-                     type_name)
+from .common import ConvertStats, Reader, RecordError, as_answers, context_from, get_list, get_str, read_json_document, type_name
 
 __all__ = ["SquadReader", "DPRReader", "HotpotQAReader", "FlashRAGReader", "ALCEReader", "RetrievalQAReader"]
 
