@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-slow test-all demo bench clean
+.PHONY: setup test test-slow test-dist test-all demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,10 +21,14 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not dist"
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m "slow and not dist"
+
+# Multi-process training on CPU: 2-process DDP (gloo) and DeepSpeed ZeRO-3.
+test-dist: $(STAMP)
+	$(PY) -m pytest -q -m dist
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q

