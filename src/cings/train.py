@@ -122,9 +122,10 @@ def load_model(cfg: TrainConfig, tokenizer: Any, dtype: Any):
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
     except OSError as err:
         raise ConfigError(f"model {cfg.model}: {err}") from None
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens, the model's embeddings"
-                          f" {model.get_input_embeddings().weight.shape[0]}: wrong tokenizer for this model?")
+    rows = model.get_input_embeddings().num_embeddings  # not weight.shape: sharded to [0] under zero.Init
+    if len(tokenizer) > rows:
+        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens, the model's embeddings {rows}:"
+                          " wrong tokenizer for this model?")
     return model
 
 
@@ -204,11 +205,6 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
     tokenizer = load_tokenizer_for(cfg)
     bf16, fp16, dtype = _dtypes(cfg)
     train_set, eval_set, stats, renderer = build_datasets(cfg, tokenizer, progress=progress and _is_main())
-    model = load_model(cfg, tokenizer, dtype)
-    if cfg.gradient_checkpointing:
-        model.config.use_cache = False
-    if cfg.lora:
-        model = apply_lora(model, cfg)
 
     output_dir = Path(cfg.output_dir)
     import torch
@@ -224,8 +220,15 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
         save_strategy=cfg.save_strategy, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         eval_strategy="epoch" if eval_set is not None else "no", report_to=list(cfg.report_to) or "none",
         remove_unused_columns=False, dataloader_num_workers=cfg.dataloader_num_workers,
-        disable_tqdm=not progress,
+        disable_tqdm=not progress, ddp_find_unused_parameters=False,
     )
+    # After the arguments: under DeepSpeed ZeRO-3 they switch on zero.Init, so each process loads
+    # only its shard of the weights instead of the whole model.
+    model = load_model(cfg, tokenizer, dtype)
+    if cfg.gradient_checkpointing:
+        model.config.use_cache = False
+    if cfg.lora:
+        model = apply_lora(model, cfg)
     steps_per_epoch = max(math.ceil(len(train_set) / (cfg.micro_batch_size * world)) // accumulation, 1)
     trainer = CingsTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
