@@ -116,7 +116,114 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(tr)
     tr.add_argument("--no-progress", action="store_true", help="hide progress bars")
     tr.set_defaults(func=cmd_train)
+    _add_eval_commands(sub)
     return parser
+
+
+# ---------------------------------------------------------------- inference and evaluation
+
+def _add_eval_commands(sub) -> None:
+    from .prompts import DOCS, LAYOUTS
+
+    gen = sub.add_parser("generate", help="answer grounded records with a model (+ LoRA adapter): one prediction a line",
+                         description="Generate predictions with or without retrieved documents, in the paper's layouts.")
+    gen.add_argument("--model", help="model folder, hub id, .gguf file or 'smollm2'; omit with --adapter of a cings run")
+    gen.add_argument("--adapter", help="LoRA adapter folder (a cings run: its base model and settings are read from it)")
+    gen.add_argument("--gguf-file", "--gguf_file", help="GGUF file name inside the model folder")
+    gen.add_argument("--tokenizer", help="tokenizer, when not the run's or the model's")
+    gen.add_argument("--input", required=True, help="grounded records")
+    gen.add_argument("--docs", choices=DOCS, default="gold", help="which documents each prompt shows")
+    gen.add_argument("--ndocs", type=int, default=1, metavar="K", help="documents per prompt (gold, gold+distractors, topk)")
+    gen.add_argument("--prompt", choices=LAYOUTS, default="prefill",
+                     help="prefill: '## Context ... ## Answer' opens the assistant turn (CINGS); input: documents in"
+                          " the user turn; raw: a plain RAG prompt for off-the-shelf models")
+    gen.add_argument("--output", required=True, help="predictions, JSON Lines")
+    gen.add_argument("--batch-size", "--batch_size", type=int, default=8)
+    gen.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=300)
+    gen.add_argument("--limit", type=int, help="only the first N records")
+    gen.add_argument("--resume", action="store_true", help="skip ids already in --output")
+    gen.add_argument("--no-progress", action="store_true")
+    gen.set_defaults(func=cmd_generate)
+
+    ev = sub.add_parser("evaluate", help="score predictions: acc, EM, F1 (+ conflict rates), with 95%% intervals",
+                        description="Score predictions; writes METRICS.json and a markdown table beside it.")
+    ev.add_argument("--predictions", required=True, help="output of cings generate")
+    ev.add_argument("--output", required=True, help="METRICS.json")
+    ev.add_argument("--rouge", action="store_true", help="also ROUGE-L (long answers)")
+    ev.add_argument("--fever", action="store_true", help="map SUPPORTS/REFUTES <-> true/false before scoring")
+    ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals (0: none)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=cmd_evaluate)
+
+    cmp_ = sub.add_parser("compare", help="a table and a bar chart of several runs' metrics",
+                          description="Compare metrics files: RUN is METRICS.json or NAME=METRICS.json.")
+    cmp_.add_argument("runs", nargs="+", metavar="RUN")
+    cmp_.add_argument("--output", required=True, help="report.md (the chart goes beside it as .png)")
+    cmp_.add_argument("--metrics", default="acc,em,f1", help="metrics to chart")
+    cmp_.set_defaults(func=cmd_compare)
+
+    suite = sub.add_parser("eval-suite", help="run a YAML list of (dataset, docs, layout) for one model; one report",
+                           description="Generate and evaluate a suite of settings, then compare them in one report.")
+    suite.add_argument("--suite", help="suite YAML (default: configs/eval/default.yaml, the shared data files)")
+    suite.add_argument("--model")
+    suite.add_argument("--adapter")
+    suite.add_argument("--gguf-file", "--gguf_file")
+    suite.add_argument("--output-dir", "--output_dir", required=True)
+    suite.add_argument("--limit", type=int, help="records per dataset (overrides the suite)")
+    suite.add_argument("--batch-size", "--batch_size", type=int, default=8)
+    suite.add_argument("--max-new-tokens", "--max_new_tokens", type=int)
+    suite.add_argument("--resume", action="store_true")
+    suite.set_defaults(func=cmd_eval_suite)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import GenerationSettings, generate_records, load_for_generation
+    from .records import read_records
+
+    model, tok, options, spec = load_for_generation(args.model, adapter=args.adapter, gguf_file=args.gguf_file,
+                                                    tokenizer=args.tokenizer)
+    settings = GenerationSettings(docs=args.docs, ndocs=args.ndocs, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+                                  batch_size=args.batch_size, model=spec, adapter=args.adapter)
+    report = generate_records(read_records(args.input), model, tok, options, settings, args.output,
+                              resume=args.resume, limit=args.limit, progress=not args.no_progress)
+    skipped = ", ".join(f"{k} {v}" for k, v in report["skipped"].items()) or "none"
+    print(f"cings generate: {report['generated']} generated, {report['already_done']} already written,"
+          f" skipped {skipped}; {report['seconds']}s; wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_file
+
+    metrics, table_path = evaluate_file(args.predictions, args.output, rouge=args.rouge, fever=args.fever,
+                                        bootstrap=args.bootstrap, seed=args.seed)
+    print(_read_text(table_path))
+    return 0
+
+
+def _read_text(path) -> str:
+    from pathlib import Path
+
+    return Path(path).read_text(encoding="utf-8")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import compare_runs
+
+    md, png = compare_runs(args.runs, args.output, metrics=[m.strip() for m in args.metrics.split(",") if m.strip()])
+    print(_read_text(md))
+    print(f"cings compare: wrote {md} and {png}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval_suite(args: argparse.Namespace) -> int:
+    from .evaluate import run_suite
+
+    report = run_suite(args.suite, model=args.model, adapter=args.adapter, gguf_file=args.gguf_file,
+                       output_dir=args.output_dir, limit=args.limit, batch_size=args.batch_size,
+                       max_new_tokens=args.max_new_tokens, resume=args.resume)
+    print(f"cings eval-suite: wrote {report}", file=sys.stderr)
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
