@@ -95,18 +95,20 @@ def load_for_generation(model: str | None, *, adapter: str | None = None, gguf_f
     return base.eval(), tok, options, spec
 
 
+def _complete_rows(path: Path) -> list[str]:
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if "id" in json.loads(line):
+                rows.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill: that record is generated again
+    return rows
+
+
 def written_ids(path: str | Path) -> set[str]:
     path = Path(path)
-    if not path.is_file():
-        return set()
-    ids = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                ids.add(json.loads(line)["id"])
-            except (json.JSONDecodeError, KeyError):
-                continue  # a line cut by a kill: that record is generated again
-    return ids
+    return {json.loads(line)["id"] for line in _complete_rows(path)} if path.is_file() else set()
 
 
 def _decode_batch(model: Any, tokenizer: Any, prompts: Sequence[Prompt], settings: GenerationSettings,
@@ -139,7 +141,11 @@ def generate_records(records: Iterable[Record], model: Any, tokenizer: Any, opti
     builder = PromptBuilder(tokenizer, options, layout=settings.prompt, docs=settings.docs, ndocs=settings.ndocs)
     output = Path(output)
     done = written_ids(output) if resume else set()
-    if not resume and output.exists():
+    if resume and output.is_file():
+        # Drop a line cut by a kill, so the rows appended next start on a line of their own.
+        kept = _complete_rows(output)
+        output.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    elif output.exists():
         output.unlink()
     output.parent.mkdir(parents=True, exist_ok=True)
     todo: list[tuple[Record, Prompt]] = []

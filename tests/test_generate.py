@@ -1,0 +1,138 @@
+"""Generation: batch size changes no output, a killed run resumes exactly, an adapter alone is enough."""
+
+import json
+
+import pytest
+import torch
+
+from cings.generate import GenerationSettings, generate_records, load_for_generation, written_ids
+from cings.records import Context, Record, write_records
+from cings.render import RenderOptions
+
+from .conftest import build_tiny_bpe
+
+TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
+
+
+def records(n=7):
+    return [Record(id=f"r{i}", instruction="Who won the game? " * (1 + i % 3),
+                   contexts=(Context(title="Game", text="The Denver Broncos won. " * (1 + i), gold=True),),
+                   response="Denver", answers=("Denver",)) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok = build_tiny_bpe()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**TINY, "vocab_size": len(tok)}),
+                                             attn_implementation="sdpa").eval()
+    return model, tok
+
+
+def predictions(path):
+    return {json.loads(line)["id"]: json.loads(line) for line in path.read_text().splitlines()}
+
+
+def test_batched_generation_equals_batch_one(tmp_path, tiny):
+    model, tok = tiny
+    out = {}
+    for batch in (1, 3, 7):
+        settings = GenerationSettings(docs="gold", prompt="prefill", max_new_tokens=12, batch_size=batch)
+        generate_records(records(), model, tok, RenderOptions(system_prompt=None), settings, tmp_path / f"b{batch}.jsonl",
+                         progress=False)
+        out[batch] = {k: v["prediction"] for k, v in predictions(tmp_path / f"b{batch}.jsonl").items()}
+    assert out[1] == out[3] == out[7] and len(out[1]) == 7
+    assert any(out[1].values())  # a random model still says something
+
+
+def test_killed_run_resumes_writing_every_id_once(tmp_path, tiny):
+    model, tok = tiny
+    path = tmp_path / "p.jsonl"
+    settings = GenerationSettings(max_new_tokens=4, batch_size=2)
+    generate_records(records(), model, tok, RenderOptions(system_prompt=None), settings, path, limit=3, progress=False)
+    # A kill mid-write leaves a cut line: it must be regenerated, not counted.
+    with open(path, "a") as handle:
+        handle.write('{"id": "r5", "predic')
+    assert written_ids(path) == {"r0", "r1", "r2"}
+    report = generate_records(records(), model, tok, RenderOptions(system_prompt=None), settings, path, resume=True,
+                              progress=False)
+    assert report["already_done"] == 3 and report["generated"] == 4
+    ids = [json.loads(line)["id"] for line in path.read_text().splitlines()]  # every line whole again
+    assert sorted(ids) == [f"r{i}" for i in range(7)]
+
+
+def test_prediction_rows_carry_answers_parametric_answers_and_settings(tmp_path, tiny):
+    model, tok = tiny
+    conflict = [Record(id="c", instruction="Q?", contexts=(Context(text="It was Blue.", gold=True),), response="Blue",
+                       answers=("Blue",), parametric_answers=("Red",), meta={"source": "squad"})]
+    generate_records(conflict, model, tok, RenderOptions(), GenerationSettings(max_new_tokens=2, docs="topk", ndocs=2),
+                     tmp_path / "c.jsonl", progress=False)
+    row = predictions(tmp_path / "c.jsonl")["c"]
+    assert row["answers"] == ["Blue"] and row["parametric_answers"] == ["Red"] and row["meta"] == {"source": "squad"}
+    assert row["settings"]["docs"] == "topk" and row["settings"]["decoding"] == "greedy"
+    assert row["docs"] == [{"title": "", "gold": True}]
+
+
+def test_an_adapter_alone_finds_its_base_model(tmp_path):
+    from cings.config import load_config
+    from cings.train import train
+
+    tok_dir = tmp_path / "tok"
+    build_tiny_bpe().save_pretrained(tok_dir)
+    data = tmp_path / "d.jsonl"
+    write_records(records(4), data)
+    cfg = load_config(None, dict(model_config=TINY, tokenizer=str(tok_dir), data=str(data), output_dir=str(tmp_path / "run"),
+                                 lora=True, lora_target_modules=["q_proj", "v_proj"], max_steps=1, global_batch_size=2,
+                                 micro_batch_size=2, save_strategy="no", max_length=256))
+    train(cfg, progress=False)
+    model, tok, options, spec = load_for_generation(None, adapter=str(tmp_path / "run"))
+    assert spec == "model_config" and options.mode.value == "context"
+    report = generate_records(records(2), model, tok, options, GenerationSettings(max_new_tokens=3), tmp_path / "p.jsonl",
+                              progress=False)
+    assert report["generated"] == 2
+
+
+def test_generate_and_evaluate_from_the_command_line(tmp_path, capsys):
+    from cings.cli import main
+
+    tok_dir = tmp_path / "tok"
+    build_tiny_bpe().save_pretrained(tok_dir)
+    data = tmp_path / "d.jsonl"
+    write_records(records(4), data)
+    from cings.config import load_config
+    from cings.train import train
+
+    train(load_config(None, dict(model_config=TINY, tokenizer=str(tok_dir), data=str(data), output_dir=str(tmp_path / "run"),
+                                 max_steps=1, global_batch_size=2, micro_batch_size=2, save_strategy="no",
+                                 max_length=256)), progress=False)
+    pred = tmp_path / "pred.jsonl"
+    assert main(["generate", "--model", str(tmp_path / "run"), "--input", str(data), "--docs", "gold", "--prompt",
+                 "prefill", "--output", str(pred), "--max-new-tokens", "3", "--no-progress"]) == 0
+    assert main(["evaluate", "--predictions", str(pred), "--output", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["n"] == 4 and {"acc", "em", "f1"} <= set(metrics)
+    assert (tmp_path / "m.md").is_file()
+    assert main(["compare", f"a={tmp_path / 'm.json'}", f"b={tmp_path / 'm.json'}", "--output", str(tmp_path / "r.md")]) == 0
+    assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_batched_equals_batch_one_on_smollm2(tmp_path, smollm2):
+    from cings.loading import smollm2_gguf
+
+    model, tok, options, _ = load_for_generation(str(smollm2_gguf()))
+    recs = [Record(id=f"s{i}", instruction=q, contexts=(Context(text=c, gold=True),), response="x")
+            for i, (q, c) in enumerate([("Who won?", "The Denver Broncos won Super Bowl 50."),
+                                        ("Where is Paris?", "Paris is the capital of France, on the Seine."),
+                                        ("What is 2+2?", "Two plus two is four."),
+                                        ("Name a color.", "The sky is blue and grass is green.")])]
+    outs = []
+    for batch in (1, 4):
+        path = tmp_path / f"{batch}.jsonl"
+        generate_records(recs, model, tok, options, GenerationSettings(max_new_tokens=16, batch_size=batch), path,
+                         progress=False)
+        outs.append({k: v["prediction"] for k, v in predictions(path).items()})
+    assert outs[0] == outs[1]
