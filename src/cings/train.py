@@ -101,6 +101,10 @@ def load_model(cfg: TrainConfig, tokenizer: Any, dtype: Any):
     try:
         if gguf:
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=dtype, **kwargs)
+            # The weights are dequantized on load, but transformers keeps the GGUF quantizer on the
+            # model and Trainer then refuses to train a "quantized" model.
+            if getattr(model, "hf_quantizer", None) is not None:
+                model.hf_quantizer.remove_quantization_config(model)
         else:
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
     except OSError as err:
@@ -207,12 +211,16 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
     )
     # After the arguments: under DeepSpeed ZeRO-3 they switch on zero.Init, so each process loads
     # only its shard of the weights instead of the whole model.
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # the LoRA initialisation (and any fresh weights) follow the recipe's seed
     model = load_model(cfg, tokenizer, dtype)
     if cfg.gradient_checkpointing:
         model.config.use_cache = False
     if cfg.lora:
         model = apply_lora(model, cfg)
-    steps_per_epoch = max(math.ceil(len(train_set) / (cfg.micro_batch_size * world)) // accumulation, 1)
+    # As the Trainer counts them: a last, partial accumulation still makes an optimizer step.
+    steps_per_epoch = max(math.ceil(math.ceil(len(train_set) / (cfg.micro_batch_size * world)) / accumulation), 1)
     trainer = CingsTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
         data_collator=make_collator(pad_id_for(tokenizer), packing=cfg.packing),
