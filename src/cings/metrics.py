@@ -31,8 +31,9 @@ DEFINITIONS: dict[str, str] = {
     "rouge_l": "ROUGE-L F1 (beta=1, LCS) on whitespace tokens of the normalised texts, max over golds",
     "fever": "prediction and golds mapped by fever_label to SUPPORTS/REFUTES/NOT ENOUGH INFO before scoring; "
              "an unmappable prediction scores 0",
-    "conflict": "per record with answers and parametric_answers: context if an answer is contained (acc rule), "
-                "memory if a parametric answer is; both / neither otherwise; rates over those records",
+    "conflict": "per record with answers and parametric_answers (acc containment rule): context_rate = contains "
+                "an answer, memory_rate = contains a parametric answer (a record with both counts in each), "
+                "both_rate, neither_rate; rates over those records",
     "ci": "95% percentile bootstrap over records, random.Random(seed)",
 }
 
@@ -178,8 +179,12 @@ def _score_group(rows: list[Mapping[str, Any]], metrics: Sequence[str], fever: b
             columns[m].append(_METRIC_FNS[m](prediction, golds))
         if row.get("parametric_answers"):
             outcome = conflict_outcome(prediction, golds, [str(a) for a in row["parametric_answers"]])
-            for k in _CONFLICT_KEYS:
-                conflict[f"{k}_rate"].append(float(outcome == k))
+            # context/memory rates count a prediction holding both answers in each (the issue's
+            # definition: "contains an answer from answers"); both/neither split them out.
+            conflict["context_rate"].append(float(outcome in ("context", "both")))
+            conflict["memory_rate"].append(float(outcome in ("memory", "both")))
+            conflict["both_rate"].append(float(outcome == "both"))
+            conflict["neither_rate"].append(float(outcome == "neither"))
     result = {"n": len(scored), "n_without_answers": len(rows) - len(scored),
               **_summarise(columns, len(scored), bootstrap, seed)}
     n_conflict = len(conflict["context_rate"])
