@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _machine import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "squad_dev_v1.1.json.gz"
@@ -34,8 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.is_file():
         print(f"skipped: no data file at {args.data}")
         return 0
-    import torch
-    import transformers
 
     from cings.evaluate import _spread_sample
     from cings.generate import GenerationSettings, generate_records, load_for_generation
@@ -59,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             outputs[size] = {json.loads(line)["id"]: json.loads(line)["prediction"] for line in path.read_text().splitlines()}
     identical = all(outputs[s] == outputs[sizes[0]] for s in sizes)
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads"
-          f" {torch.get_num_threads()}; python {platform.python_version()}, torch {torch.__version__},"
-          f" transformers {transformers.__version__}")
+    info = machine("torch", "transformers")
+    print(f"machine: {info['cpu']}, {info['cpu_count']} CPUs, torch threads {info['torch_threads']};"
+          f" python {info['python']}, torch {info['torch']}, transformers {info['transformers']}")
     print(f"SmolLM2-135M-Instruct fp32, {len(records)} SQuAD dev records, gold passage, prefill layout,"
           f" greedy, max {args.max_new_tokens} new tokens")
     base = timings[sizes[0]]
@@ -71,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"outputs identical across batch sizes: {identical}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"records": len(records), "max_new_tokens": args.max_new_tokens,
+        args.json.write_text(json.dumps({"command": shlex.join([sys.executable, *sys.argv]), "machine": info,
+                                         "records": len(records), "max_new_tokens": args.max_new_tokens,
                                          "seconds": timings, "identical": identical,
                                          "speedup": {s: base / t for s, t in timings.items()}}, indent=2) + "\n")
     return 0 if identical else 1

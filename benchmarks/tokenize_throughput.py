@@ -20,13 +20,14 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from _machine import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "squad_dev_v1.1.json.gz"
@@ -187,26 +188,6 @@ def time_end_to_end(renderer: Any, records: list[Any], repeats: int) -> Timing:
     return Timing("cings tokenize (datasets)", stats.examples_in, stats.tokens, seconds)
 
 
-def machine() -> dict[str, Any]:
-    import tokenizers
-    import transformers
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {"uname": " ".join(x for x in platform.uname() if x), "cpu": cpu or "unknown",
-            "cpu_count": os.cpu_count(), "cpus_usable": affinity, "python": platform.python_version(),
-            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
-            "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM"),
-            "RAYON_NUM_THREADS": os.environ.get("RAYON_NUM_THREADS")}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join([sys.executable, *(sys.argv if argv is None else [sys.argv[0], *argv])])
@@ -227,11 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     options = RenderOptions(mode=parse_mode(args.mode), max_length=4096)
     records = squad_records(args.data, args.n)
-    info = machine()
+    info = machine("transformers", "tokenizers")
     print(f"command: {command}")
     print(f"machine: {info['cpu']}; {info['cpu_count']} CPUs ({info['cpus_usable']} usable); {info['uname']}")
     print(f"python {info['python']}, transformers {info['transformers']}, tokenizers {info['tokenizers']};"
-          f" TOKENIZERS_PARALLELISM={info['TOKENIZERS_PARALLELISM']}, RAYON_NUM_THREADS={info['RAYON_NUM_THREADS']}")
+          f" TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM')}, RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS')}")
     print(f"data: {args.data.name}, {len(records)} records; tokenizer: {args.tokenizer}; mode: {options.mode.value};"
           f" best of {args.repeats}")
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -55,6 +54,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from _machine import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "squad_dev_v1.1.json.gz"
@@ -79,27 +80,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if min(args.steps, args.micro_batch, args.global_batch) < 1 or args.global_batch % args.micro_batch:
         parser.error("--steps, --micro-batch, --global-batch must be >= 1 and global a multiple of micro")
     return args
-
-
-def machine() -> dict[str, Any]:
-    import peft
-    import torch
-    import transformers
-    import trl
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {"uname": " ".join(x for x in platform.uname() if x), "cpu": cpu or "unknown",
-            "cpu_count": os.cpu_count(), "cpus_usable": affinity, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "trl": trl.__version__, "peft": peft.__version__}
 
 
 def missing_requirement(data: Path) -> str | None:
@@ -366,7 +346,7 @@ def parent(args: argparse.Namespace, command: str, workdir: Path, records_path: 
         print(f"skipped: {args.data} has {len(records)} records, {n} needed")
         return 0
     write_records(records[:n], records_path)
-    info = machine()
+    info = machine("torch", "transformers", "trl", "peft")
     load_before = os.getloadavg()
     print(f"command: {command}")
     print(f"machine: {info['cpu']}; {info['cpu_count']} CPUs ({info['cpus_usable']} usable, torch threads"
