@@ -136,3 +136,18 @@ def test_batched_equals_batch_one_on_smollm2(tmp_path, smollm2):
                          progress=False)
         outs.append({k: v["prediction"] for k, v in predictions(path).items()})
     assert outs[0] == outs[1]
+
+
+def test_greedy_decode_equals_transformers_generate(tiny):
+    from cings.generate import greedy_decode
+
+    model, tok = tiny
+    torch.manual_seed(1)
+    for length in (5, 17):
+        ids = torch.randint(10, len(tok), (1, length))
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=9, do_sample=False,
+                                 eos_token_id=[-5], pad_token_id=0)[0, length:].tolist()
+            ours = greedy_decode(model, ids, mask, 9, [-5])[0]
+        assert ours == ref

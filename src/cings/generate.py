@@ -122,14 +122,52 @@ def _decode_batch(model: Any, tokenizer: Any, prompts: Sequence[Prompt], setting
         ids[row, width - len(p.input_ids):] = torch.tensor(p.input_ids)
         mask[row, width - len(p.input_ids):] = 1
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens,
-                             do_sample=not settings.greedy, temperature=None, top_p=None, top_k=None,
-                             eos_token_id=stop_ids, pad_token_id=pad_id)
+        if settings.greedy:
+            rows = greedy_decode(model, ids, mask, settings.max_new_tokens, stop_ids)
+        else:
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens,
+                                 do_sample=True, eos_token_id=stop_ids, pad_token_id=pad_id)
+            rows = out[:, width:].tolist()
     texts = []
-    for row in out[:, width:].tolist():
+    for row in rows:
         cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
         texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
     return texts
+
+
+def greedy_decode(model: Any, ids: Any, mask: Any, max_new_tokens: int, stop_ids: Sequence[int]) -> list[list[int]]:
+    """Greedy decoding of a left-padded batch that drops each row from the batch once it has stopped.
+
+    ``generate`` keeps finished rows computing until the longest one ends; on a CPU, where a decode
+    step costs more the wider the batch, one rambling answer then makes a batch slower than
+    decoding its rows one by one. Here a finished row leaves the batch and its KV cache.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    stop = torch.tensor(sorted(set(stop_ids)) or [-1])
+    cache = DynamicCache()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                   use_cache=True).logits[:, -1]
+    alive = list(range(ids.shape[0]))
+    out: list[list[int]] = [[] for _ in alive]
+    for _ in range(max_new_tokens):
+        token = logits.argmax(-1)
+        for j, row in enumerate(alive):
+            out[row].append(int(token[j]))
+        finished = torch.isin(token, stop) | torch.tensor([len(out[row]) >= max_new_tokens for row in alive])
+        if bool(finished.all()):
+            break
+        if bool(finished.any()):
+            keep = (~finished).nonzero().flatten()
+            cache.batch_select_indices(keep)
+            mask, token = mask[keep], token[keep]
+            alive = [alive[j] for j in keep.tolist()]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                       past_key_values=cache, use_cache=True).logits[:, -1]
+    return out
 
 
 def generate_records(records: Iterable[Record], model: Any, tokenizer: Any, options: RenderOptions,
