@@ -253,3 +253,10 @@ def test_smoke_recipe_through_the_cli(tmp_path):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(tmp_path)  # a plain HF directory
+
+
+def test_a_model_on_the_command_line_replaces_the_recipes_model_config():
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", {"model": "smollm2"})
+    assert cfg.model == "smollm2" and cfg.model_config is None
+    cfg = load_config(ROOT / "configs" / "llama3.1-8b-lora.yaml", {"model_config": {"model_type": "llama"}})
+    assert cfg.model is None and cfg.model_config == {"model_type": "llama"}

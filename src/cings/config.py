@@ -182,7 +182,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             if name not in FIELDS:
                 raise ConfigError(f"{path}: unknown setting '{key}'{_did_you_mean(key)}")
             values[name] = _coerce(name, value, str(path))
-    for key, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    # A model named on the command line replaces the recipe's model, whichever way it gave one.
+    if overrides.get("model") is not None and "model_config" not in overrides:
+        values.pop("model_config", None)
+    if overrides.get("model_config") is not None and "model" not in overrides:
+        values.pop("model", None)
+    for key, value in overrides.items():
         values[key] = _coerce(key, value, "command line")
     config = TrainConfig(**values)
     config.validate()
