@@ -201,7 +201,7 @@ def generate_records(records: Iterable[Record], model: Any, tokenizer: Any, opti
     # Longest first: similar lengths share a batch (little padding), and memory peaks early.
     todo.sort(key=lambda rp: -len(rp[1].input_ids))
     stop_ids, pad_id = builder.stop_token_ids(), pad_id_for(tokenizer)
-    started, new_tokens = time.perf_counter(), 0
+    started = time.perf_counter()
     bar = None
     if progress:
         from tqdm import tqdm
@@ -220,7 +220,6 @@ def generate_records(records: Iterable[Record], model: Any, tokenizer: Any, opti
                     row["meta"] = {"source": record.meta.get("data_source") or record.meta.get("source")}
                 row["settings"] = settings.to_dict()
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                new_tokens += len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
             handle.flush()
             if bar is not None:
                 bar.update(len(chunk))
