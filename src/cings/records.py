@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-__all__ = ["Context", "Segment", "Record", "RecordError", "read_records", "parse_record", "write_records"]
+__all__ = ["Context", "Segment", "Record", "RecordError", "read_records", "parse_record", "write_records", "type_name"]
 
 
 class RecordError(ValueError):
@@ -90,7 +90,8 @@ _CONTEXT_FIELDS = {"title", "text", "gold", "score"}
 _WS = re.compile(r"\s+")
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """How an error names a JSON value's type: 'a string', 'a list', 'null'."""
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
             int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
@@ -106,7 +107,7 @@ def _string(obj: dict, key: str, where: str, name: str, *, required: bool, nonem
         return None
     value = obj[key]
     if not isinstance(value, str):
-        raise _fail(where, name, f"must be a string, not {_type_name(value)}")
+        raise _fail(where, name, f"must be a string, not {type_name(value)}")
     if nonempty and not value.strip():
         raise _fail(where, name, "must not be empty")
     return value
@@ -117,21 +118,21 @@ def _string_list(obj: dict, key: str, where: str) -> tuple[str, ...] | None:
         return None
     value = obj[key]
     if not isinstance(value, list):
-        raise _fail(where, key, f"must be a list of strings, not {_type_name(value)}")
+        raise _fail(where, key, f"must be a list of strings, not {type_name(value)}")
     for i, item in enumerate(value):
         if not isinstance(item, str):
-            raise _fail(where, f"{key}[{i}]", f"must be a string, not {_type_name(item)}")
+            raise _fail(where, f"{key}[{i}]", f"must be a string, not {type_name(item)}")
     return tuple(value)
 
 
 def _contexts(value: Any, where: str, name: str) -> tuple[Context, ...]:
     if not isinstance(value, list):
-        raise _fail(where, name, f"must be a list of objects, not {_type_name(value)}")
+        raise _fail(where, name, f"must be a list of objects, not {type_name(value)}")
     out = []
     for i, item in enumerate(value):
         item_name = f"{name}[{i}]"
         if not isinstance(item, dict):
-            raise _fail(where, item_name, f"must be an object with 'text', not {_type_name(item)}")
+            raise _fail(where, item_name, f"must be an object with 'text', not {type_name(item)}")
         unknown = set(item) - _CONTEXT_FIELDS
         if unknown:
             raise _fail(where, f"{item_name}.{sorted(unknown)[0]}", f"is not a context field (known: {', '.join(sorted(_CONTEXT_FIELDS))})")
@@ -139,10 +140,10 @@ def _contexts(value: Any, where: str, name: str) -> tuple[Context, ...]:
         title = _string(item, "title", where, f"{item_name}.title", required=False) or ""
         gold = item.get("gold")
         if gold is not None and not isinstance(gold, bool):
-            raise _fail(where, f"{item_name}.gold", f"must be a boolean, not {_type_name(gold)}")
+            raise _fail(where, f"{item_name}.gold", f"must be a boolean, not {type_name(gold)}")
         score = item.get("score")
         if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
-            raise _fail(where, f"{item_name}.score", f"must be a number, not {_type_name(score)}")
+            raise _fail(where, f"{item_name}.score", f"must be a number, not {type_name(score)}")
         out.append(Context(text=text, title=title, gold=gold, score=None if score is None else float(score)))
     return tuple(out)
 
@@ -157,7 +158,7 @@ def parse_record(obj: Any, where: str = "<record>") -> Record:
     ``where`` prefixes every error (``train.jsonl:17``).
     """
     if not isinstance(obj, dict):
-        raise RecordError(f"{where}: a record must be a JSON object, not {_type_name(obj)}")
+        raise RecordError(f"{where}: a record must be a JSON object, not {type_name(obj)}")
     unknown = set(obj) - _KNOWN_FIELDS
     if unknown:
         raise _fail(where, sorted(unknown)[0], f"is not a record field (known: {', '.join(sorted(_KNOWN_FIELDS))}; put extra data under 'meta')")
@@ -165,7 +166,7 @@ def parse_record(obj: Any, where: str = "<record>") -> Record:
     if rid is None:
         raise _fail(where, "id", "is missing")
     if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-        raise _fail(where, "id", f"must be a string, not {_type_name(rid)}")
+        raise _fail(where, "id", f"must be a string, not {type_name(rid)}")
     instruction = _string(obj, "instruction", where, "instruction", required=True, nonempty=True)
     response = _string(obj, "response", where, "response", required=True, nonempty=True)
     if "contexts" not in obj or obj["contexts"] is None:
@@ -177,7 +178,7 @@ def parse_record(obj: Any, where: str = "<record>") -> Record:
     meta = obj.get("meta")
     meta = {} if meta is None else meta
     if not isinstance(meta, dict):
-        raise _fail(where, "meta", f"must be an object, not {_type_name(meta)}")
+        raise _fail(where, "meta", f"must be an object, not {type_name(meta)}")
 
     segments = None
     if obj.get("segments") is not None:
@@ -188,7 +189,7 @@ def parse_record(obj: Any, where: str = "<record>") -> Record:
         for i, seg in enumerate(raw):
             name = f"segments[{i}]"
             if not isinstance(seg, dict):
-                raise _fail(where, name, f"must be an object, not {_type_name(seg)}")
+                raise _fail(where, name, f"must be an object, not {type_name(seg)}")
             unknown = set(seg) - {"contexts", "response"}
             if unknown:
                 raise _fail(where, f"{name}.{sorted(unknown)[0]}", "is not a segment field (known: contexts, response)")

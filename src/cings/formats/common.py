@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..records import Context, Record, RecordError
+from ..records import Context, Record, RecordError, type_name
 
 __all__ = ["ConvertStats", "Reader", "RecordError", "iter_rows", "read_json_document", "open_text",
            "require", "get_str", "get_list", "optional_str", "as_answers", "context_from", "type_name"]
@@ -62,11 +62,6 @@ class Reader:
 
     def convert(self, obj: Any, where: str, stats: ConvertStats) -> Iterable[Record]:
         raise NotImplementedError
-
-
-def type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def _suffixes(path: Path) -> tuple[str, str]:
