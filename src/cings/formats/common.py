@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 from ..records import Context, Record, RecordError, type_name
 
 __all__ = ["ConvertStats", "Reader", "RecordError", "iter_rows", "read_json_document", "open_text",
-           "require", "get_str", "get_list", "optional_str", "as_answers", "context_from", "type_name"]
+           "require", "id_from_where", "get_str", "get_list", "optional_str", "as_answers", "context_from", "type_name"]
 
 _COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
@@ -174,6 +174,12 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 # ---------------------------------------------------------------- field helpers
+
+def id_from_where(where: str) -> str:
+    """An id for a row without one: ``FILE:LINE``, ``FILE:[i]`` or ``FILE:row i`` -> ``stem-N``, unique in the file."""
+    path, _, pos = where.rpartition(":")
+    return f"{Path(path).name.split('.')[0]}-{pos.strip('[]').replace('row ', '')}"
+
 
 def require(obj: Any, key: str, where: str, name: str | None = None) -> Any:
     if not isinstance(obj, dict):

@@ -13,7 +13,7 @@ import re
 from typing import Any, Iterable
 
 from ..records import Record, parse_record
-from .common import ConvertStats, Reader, RecordError, as_answers, context_from, type_name
+from .common import ConvertStats, Reader, RecordError, as_answers, context_from, id_from_where, type_name
 
 __all__ = ["JsonlReader", "GROUNDED_FIELDS"]
 
@@ -70,8 +70,7 @@ class JsonlReader(Reader):
                 contexts.append(ctx.to_dict())
         out["contexts"] = contexts
         if "id" not in out:
-            path, _, pos = where.rpartition(":")
-            out["id"] = f"{path.rsplit('/', 1)[-1].split('.')[0]}-{pos.strip('[]').replace('row ', '')}"
+            out["id"] = id_from_where(where)
         try:
             return [parse_record(out, where)]
         except RecordError as err:

@@ -19,7 +19,18 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..records import Context, Record
-from .common import ConvertStats, Reader, RecordError, as_answers, context_from, get_list, get_str, read_json_document, type_name
+from .common import (
+    ConvertStats,
+    Reader,
+    RecordError,
+    as_answers,
+    context_from,
+    get_list,
+    get_str,
+    id_from_where,
+    read_json_document,
+    type_name,
+)
 
 __all__ = ["SquadReader", "DPRReader", "HotpotQAReader", "FlashRAGReader", "ALCEReader", "RetrievalQAReader"]
 
@@ -29,10 +40,7 @@ def _row_id(obj: dict, where: str, keys: tuple[str, ...]) -> str:
         value = obj.get(key)
         if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
             return str(value)
-    # FILE:LINE or FILE:[i] -> "stem-LINE" / "stem-i": stable and unique within the file.
-    path, _, pos = where.rpartition(":")
-    stem = Path(path).name.split(".")[0]
-    return f"{stem}-{pos.strip('[]').replace('row ', '')}"
+    return id_from_where(where)
 
 
 class _QAReader(Reader):
