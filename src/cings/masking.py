@@ -71,7 +71,7 @@ class Tokens:
 class EncodingTokens(Tokens):
     def __init__(self, encoding: Any):
         self.enc = encoding
-        self._n = len(encoding.ids)
+        self._n = len(encoding)  # not len(encoding.ids): that builds the id list a second time
 
     def __len__(self) -> int:
         return self._n
@@ -95,7 +95,8 @@ class HeadTokens(Tokens):
     def __init__(self, head_ids: list[int], head_offsets: list[tuple[int, int]], rest: Any, cut: int):
         self.head_ids, self.head_offsets, self.rest, self.cut = head_ids, head_offsets, rest, cut
         self.nh = len(head_ids)
-        self._n = self.nh + len(rest.ids)
+        self._n = self.nh + len(rest)
+        self._head: OffsetTokens | None = None
 
     def __len__(self) -> int:
         return self._n
@@ -114,7 +115,9 @@ class HeadTokens(Tokens):
 
     def token_at(self, c: int) -> int | None:
         if c < self.cut:
-            return OffsetTokens(self.head_ids, self.head_offsets).token_at(c)
+            if self._head is None:
+                self._head = OffsetTokens(self.head_ids, self.head_offsets)
+            return self._head.token_at(c)
         t = self.rest.char_to_token(c - self.cut)
         return None if t is None else t + self.nh
 
