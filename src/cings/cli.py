@@ -142,6 +142,8 @@ def _add_eval_commands(sub) -> None:
     gen.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=300)
     gen.add_argument("--limit", type=int, help="only the first N records")
     gen.add_argument("--resume", action="store_true", help="skip ids already in --output")
+    gen.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="fp32",
+                     help="weights' precision; auto = bf16 on a GPU or CPU with fast bf16 (AVX-512 BF16, AMX), else fp32")
     gen.add_argument("--no-progress", action="store_true")
     gen.set_defaults(func=cmd_generate)
 
@@ -175,15 +177,38 @@ def _add_eval_commands(sub) -> None:
     suite.add_argument("--resume", action="store_true")
     suite.set_defaults(func=cmd_eval_suite)
 
+    demo = sub.add_parser("demo", help="the main job: SmolLM2 CINGS-trained against its baselines, evaluated, reported",
+                          description="Train the base model in several modes on SQuAD (LoRA, same data order, steps and"
+                                      " seed), evaluate all of them with and without documents and under knowledge"
+                                      " conflict, and write report.md, report.png and metrics.json. Stages resume.")
+    demo.add_argument("--quick", action="store_true", help="a few steps and records, same stages (about 2-5 minutes)")
+    demo.add_argument("--all-modes", action="store_true", help="also train input_context and no_mask")
+    demo.add_argument("--output-dir", "--output_dir", default="runs/demo")
+    demo.add_argument("--model", default="smollm2", help="model folder, .gguf file, or 'smollm2' (the default)")
+    demo.add_argument("--gguf-file", "--gguf_file")
+    demo.add_argument("--modes", help="comma-separated training modes (overrides --all-modes)")
+    demo.add_argument("--steps", type=int, help="optimizer steps per mode (default 100; --quick 4)")
+    demo.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, help="learning rate (default 2e-4)")
+    demo.add_argument("--lora-r", type=int, help="LoRA rank (default 16; alpha = 2 x rank)")
+    demo.add_argument("--eval-sets", help="comma-separated evaluation sets (default: all)")
+    demo.add_argument("--eval-n", type=int, help="records per evaluation set (default 100; HotpotQA 50)")
+    demo.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                      help="auto: bf16 where the CPU/GPU has fast bf16, else fp32")
+    demo.set_defaults(func=cmd_demo)
+
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .generate import GenerationSettings, generate_records, load_for_generation
     from .records import read_records
 
+    from .loading import resolve_dtype
+
+    dtype = resolve_dtype(args.dtype)
     model, tok, options, spec = load_for_generation(args.model, adapter=args.adapter, gguf_file=args.gguf_file,
-                                                    tokenizer=args.tokenizer)
+                                                    tokenizer=args.tokenizer, dtype=dtype)
     settings = GenerationSettings(docs=args.docs, ndocs=args.ndocs, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
-                                  batch_size=args.batch_size, model=spec, adapter=args.adapter)
+                                  batch_size=args.batch_size, model=spec, adapter=args.adapter,
+                                  extra={"dtype": str(dtype).removeprefix("torch.")})
     report = generate_records(read_records(args.input), model, tok, options, settings, args.output,
                               resume=args.resume, limit=args.limit, progress=not args.no_progress)
     skipped = ", ".join(f"{k} {v}" for k, v in report["skipped"].items()) or "none"
@@ -223,6 +248,29 @@ def cmd_eval_suite(args: argparse.Namespace) -> int:
                        output_dir=args.output_dir, limit=args.limit, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, resume=args.resume)
     print(f"cings eval-suite: wrote {report}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import ALL_MODES, EVAL_SETS, MODES, DemoConfig, run_demo
+
+    kw: dict = {"output_dir": args.output_dir, "model": args.model, "gguf_file": args.gguf_file, "precision": args.precision}
+    kw["modes"] = tuple(m.strip() for m in args.modes.split(",")) if args.modes else (ALL_MODES if args.all_modes else MODES)
+    for name in ("steps", "learning_rate"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    if args.lora_r is not None:
+        kw.update(lora_r=args.lora_r, lora_alpha=2 * args.lora_r)
+    if args.eval_sets:
+        known = {e.name for e in EVAL_SETS}
+        kw["eval_sets"] = tuple(s.strip() for s in args.eval_sets.split(","))
+        bad = [s for s in kw["eval_sets"] if s not in known]
+        if bad:
+            raise ValueError(f"--eval-sets {bad}: choose from {', '.join(sorted(known))}")
+    cfg = DemoConfig.quick_preset(**kw) if args.quick else DemoConfig(**kw)
+    if args.eval_n is not None:
+        cfg.eval_n = {k: args.eval_n for k in cfg.eval_n}
+    run_demo(cfg)
     return 0
 
 
@@ -432,12 +480,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .chat_frame import TemplateError
     from .config import ConfigError
+    from .demo import DemoError
     from .loading import TokenizerNotFound
     from .records import RecordError
 
     try:
         return args.func(args)
-    except (RecordError, TemplateError, TokenizerNotFound, ConfigError, ValueError, OSError) as err:
+    except (RecordError, TemplateError, TokenizerNotFound, ConfigError, DemoError, ValueError, OSError) as err:
         print(f"cings {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

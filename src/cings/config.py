@@ -65,7 +65,7 @@ class TrainConfig:
     seed: int = _f(2, "random seed (the paper: 2)")
     global_batch_size: int = _f(128, "sequences per optimizer step over all devices")
     micro_batch_size: int = _f(4, "sequences per device per forward pass; accumulation = global / (micro x devices)")
-    precision: str = _f("auto", "auto (bf16 on a GPU that has it, fp32 on CPU) | bf16 | fp16 | fp32")
+    precision: str = _f("auto", "auto (bf16 on a GPU that has it, fp32 on CPU) | bf16 (also on CPU: fast with AVX-512 BF16 or AMX) | fp16 | fp32")
     gradient_checkpointing: bool = _f(False, "recompute activations to save memory")
     packing: bool = _f(False, "padding-free packing: flatten each micro batch into one row with per-sequence position ids")
     attn_implementation: str | None = _f("sdpa", "attention kernel (sdpa, eager, flash_attention_2, ...)")

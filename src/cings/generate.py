@@ -84,8 +84,12 @@ def load_for_generation(model: str | None, *, adapter: str | None = None, gguf_f
     else:
         folder, gguf = resolve_model(str(model), gguf_file)
         tok = load_tokenizer(tok_source or (str(Path(folder) / gguf) if gguf else folder))
-        kwargs = {"gguf_file": gguf} if gguf else {}
-        base = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
+        if gguf:
+            # Dequantized in fp32 then cast: asked for bf16 directly, transformers warns about packed
+            # kernels this architecture does not use.
+            base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32).to(dtype)
+        else:
+            base = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         spec = str(model)
     if adapter:
         from peft import PeftModel
@@ -148,8 +152,10 @@ def greedy_decode(model: Any, ids: Any, mask: Any, max_new_tokens: int, stop_ids
     stop = torch.tensor(sorted(set(stop_ids)) or [-1])
     cache = DynamicCache()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    # logits_to_keep=1: the full prompt's logits (rows x length x vocab floats, gigabytes for a batch
+    # of long prompts) would be computed only to be thrown away.
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                   use_cache=True).logits[:, -1]
+                   use_cache=True, logits_to_keep=1).logits[:, -1]
     alive = list(range(ids.shape[0]))
     out: list[list[int]] = [[] for _ in alive]
     for _ in range(max_new_tokens):

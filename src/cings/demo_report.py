@@ -1,0 +1,217 @@
+"""The demo's outputs: ``metrics.json`` (one entry per model and evaluation set), ``report.md``, ``report.png``.
+
+The report prints what was measured, whichever way it came out, with the command behind every
+number and the time of every stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shlex
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["write_report", "MODE_MEANING"]
+
+MODE_MEANING = {
+    "base": "the pretrained model, not trained here",
+    "no_context": "standard instruction tuning: question -> answer, no passage (the paper's IT baseline)",
+    "input_context": "passage in the user turn, answer trained (the usual RAG fine-tuning)",
+    "context": "CINGS: passage at the start of the assistant turn (`## Context ... ## Answer`), loss masked over it",
+    "no_mask": "passage in the assistant turn like CINGS, but the passage is trained too (ablation)",
+}
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+    import transformers
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} CPU cores, {gpu}; {platform.system()} {platform.release()}; "
+            f"torch {torch.__version__}, transformers {transformers.__version__}")
+
+
+def _fmt(m: dict, key: str) -> str:
+    v = m.get(key)
+    if v is None:
+        return "–"
+    ci = m.get(f"{key}_ci")
+    return f"{v:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]" if ci and ci[0] is not None else f"{v:.1f}"
+
+
+def _chart(by_model: dict[str, dict[str, dict]], sets: Sequence[Any], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(by_model)
+    conflict = [es.name for es in sets if any("context_rate" in by_model[m].get(es.name, {}) for m in models)]
+    fig, axes = plt.subplots(1, 2 if conflict else 1, figsize=(13 if conflict else 10, 4.4),
+                             gridspec_kw={"width_ratios": [3, 1]} if conflict else None)
+    axes = list(axes) if conflict else [axes]
+    width = 0.8 / max(len(models), 1)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+    def bars(ax, groups, metric_of):
+        for i, model in enumerate(models):
+            xs, ys, lo, hi = [], [], [], []
+            for j, group in enumerate(groups):
+                m, key = metric_of(model, group)
+                v = m.get(key)
+                if v is None:
+                    continue
+                ci = m.get(f"{key}_ci") or [v, v]
+                xs.append(j + (i - (len(models) - 1) / 2) * width)
+                ys.append(v)
+                lo.append(max(v - ci[0], 0))
+                hi.append(max(ci[1] - v, 0))
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, color=colours[i % len(colours)], label=model)
+        ax.set_ylim(0, 100)
+
+    names = [es.name for es in sets]
+    bars(axes[0], names, lambda model, s: (by_model[model].get(s, {}), "acc"))
+    axes[0].set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    axes[0].set_ylabel("accuracy (%), 95% bootstrap interval")
+    axes[0].set_title(title, fontsize=10)
+    axes[0].legend(fontsize=8)
+    if conflict:
+        rates = ["context_rate", "memory_rate"]
+        bars(axes[1], rates, lambda model, r: (by_model[model].get(conflict[0], {}), r))
+        axes[1].set_xticks(range(2), ["context\n(follows the passage)", "memory\n(original answer)"], fontsize=8)
+        axes[1].set_title(f"{conflict[0]}: knowledge conflict", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _commands(cfg: Any, root: Path, model: str, es: Any, precision: str) -> str:
+    out = root / "repro" / model / es.name
+    head = ["cings", "generate"]
+    head += ["--adapter", str(root / "models" / model)] if model != "base" else ["--model", cfg.model]
+    if model == "base" and cfg.gguf_file:
+        head += ["--gguf-file", cfg.gguf_file]
+    head += ["--input", str(root / "data" / "eval" / f"{es.source}.jsonl"), "--docs", es.docs]
+    if es.ndocs != 1:
+        head += ["--ndocs", str(es.ndocs)]
+    head += ["--prompt", es.prompt, "--max-new-tokens", str(cfg.max_new_tokens), "--batch-size", str(cfg.gen_batch_size),
+             "--dtype", precision, "--output", str(out / "predictions.jsonl")]
+    ev = ["cings", "evaluate", "--predictions", str(out / "predictions.jsonl"), "--output", str(out / "metrics.json")]
+    return f"{shlex.join(head)} && {shlex.join(ev)}"
+
+
+def _verdict(by_model: dict[str, dict[str, dict]]) -> list[str]:
+    lines = []
+    if "context" not in by_model:
+        return lines
+    for set_name, key, what in (("squad-prefill", "acc", "accuracy on held-out SQuAD (prefill layout)"),
+                                ("squad-input", "acc", "accuracy on held-out SQuAD (input layout)"),
+                                ("nq-gold", "acc", "accuracy on NQ-open with its gold passage"),
+                                ("hotpotqa-distractors", "acc", "accuracy on HotpotQA with distractors"),
+                                ("squad-counterfactual", "context_rate", "context_rate under knowledge conflict")):
+        cings = by_model["context"].get(set_name, {})
+        if key not in cings:
+            continue
+        for other in ("no_context", "base"):
+            m = by_model.get(other, {}).get(set_name, {})
+            if key not in m:
+                continue
+            diff = cings[key] - m[key]
+            a, b = cings.get(f"{key}_ci"), m.get(f"{key}_ci")
+            overlap = a and b and not (a[0] > b[1] or b[0] > a[1])
+            word = ("is ahead of" if overlap else "beats") if diff > 0 else ("ties" if diff == 0 else "does not beat")
+            lines.append(f"- {what}: CINGS {cings[key]:.1f} vs {other} {m[key]:.1f} ({diff:+.1f} points): CINGS {word}"
+                         f" {other}{'; the 95% intervals overlap, so this is not a clear difference' if overlap else ''}.")
+    return lines
+
+
+def write_report(cfg: Any, root: Path, data: dict, trained: dict[str, dict], evals: dict[str, dict[str, dict]],
+                 sets: Sequence[Any], check: dict, precision: str, *, total_seconds: float, ran: Sequence[str]) -> Path:
+    by_model = {model: {name: stage["result"]["metrics"] for name, stage in per_set.items()} for model, per_set in evals.items()}
+    entries = [{"model": model, "eval_set": name, **metrics} for model, per_set in by_model.items() for name, metrics in per_set.items()]
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    stage_seconds = {"data": data["seconds"], **{f"train-{m}": s["seconds"] for m, s in trained.items()},
+                     **{f"eval-{m}-{n}": s["seconds"] for m, per in evals.items() for n, s in per.items()}}
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    machine = _machine()
+    settings = {**asdict(cfg), "precision_used": precision}
+    summary = {"date": date, "machine": machine, "settings": settings, "same_schedule": check, "entries": entries,
+               "by_model": by_model, "stage_seconds": stage_seconds, "data": data["result"],
+               "training": {m: s["result"] for m, s in trained.items()}, "peak_rss_gib_this_process": round(peak_gib, 2),
+               "wall_seconds_this_invocation": round(total_seconds, 1), "stages_run_this_invocation": list(ran)}
+    (root / "metrics.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    title = f"{Path(cfg.model).name if cfg.model != 'smollm2' else 'SmolLM2-135M-Instruct'}: base vs trained modes"
+    png = _chart(by_model, sets, root / "report.png", title)
+
+    d = data["result"]
+    invocation = ["cings", "demo"] + (["--quick"] if cfg.quick else []) + (["--all-modes"] if set(cfg.modes) >= {"input_context", "no_mask"} else [])
+    invocation += ["--output-dir", str(root)] + (["--model", cfg.model] if cfg.model != "smollm2" else [])
+    md = [f"# cings demo: {title}", "",
+          f"{date} on {machine}. Command: `{shlex.join(invocation)}`"
+          f" (settings in `metrics.json`). This invocation took {total_seconds / 60:.1f} min; stages run now: "
+          f"{len(ran)} (the others were kept from an earlier invocation).", "",
+          "## What was compared", "", "| model | what it is |", "|---|---|"]
+    md += [f"| {m} | {MODE_MEANING.get(m, m)} |" for m in by_model]
+    md += ["", "## Training", "",
+           f"LoRA r{cfg.lora_r} (alpha {cfg.lora_alpha}, dropout 0.05) on every attention and MLP projection; {cfg.steps} steps of"
+           f" {cfg.batch_size} examples (micro batch {cfg.micro_batch_size}), learning rate {cfg.learning_rate:g} constant,"
+           f" seed {cfg.seed}, {precision}. Data: {d['train_records']} SQuAD v1.1 dev questions from {d['train_articles']}"
+           f" articles (one pass, each passage cut to the sentences around its answer, at most {cfg.context_chars}"
+           f" characters: {d['contexts_windowed']} were cut; {d['answer_not_in_passage_skipped']} skipped because the"
+           f" answer was not in the passage). Evaluation uses {d['heldout_articles']} other articles. The learning rate"
+           " is 10x the paper's 2e-5, which is for 8B models and 3 epochs of ~60k examples; docs/results.md has the study.",
+           "", "| mode | steps | seed | examples | data order (sha256 of the batches) | train loss | tokens | trained tokens | time |",
+           "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for m, s in trained.items():
+        r = s["result"]
+        loss = f"{r['train_loss']:.3f}" if isinstance(r.get("train_loss"), (int, float)) else "–"
+        md.append(f"| {m} | {r['steps']} | {r['seed']} | {r['data_order']['examples']} | `{r['data_order']['sha256'][:16]}` |"
+                  f" {loss} | {r.get('tokens')} | {r.get('trained_tokens')} | {s['seconds'] / 60:.1f} min |")
+    if trained:
+        md += ["", f"All trained modes saw the same {check['examples']} examples in the same order, for {check['steps']}"
+               f" steps with seed {check['seed']} (checked by the demo: it stops if not)."]
+    md += ["", "## Results", "", "Accuracy: a normalised gold answer is contained in the answer; EM and F1: SQuAD v1.1;"
+           " [95% bootstrap interval]. Greedy decoding, at most"
+           f" {cfg.max_new_tokens} new tokens, the paper's system prompt.", "", f"![report]({png.name})", ""]
+    for es in sets:
+        md += [f"### {es.name}", "", es.about + f" (docs `{es.docs}`, layout `{es.prompt}`).", ""]
+        conflict = any("context_rate" in by_model[m].get(es.name, {}) for m in by_model)
+        head = ["model", "n", "acc", "em", "f1"] + (["context_rate", "memory_rate"] if conflict else [])
+        md += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+        for m in by_model:
+            r = by_model[m].get(es.name)
+            if r is None:
+                continue
+            cells = [m, str(r.get("n"))] + [_fmt(r, k) for k in head[2:]]
+            md.append("| " + " | ".join(cells) + " |")
+        md.append("")
+    verdict = _verdict(by_model)
+    if verdict:
+        md += ["## What it shows", "", *verdict, "",
+               "These are a 135M model's numbers after a few minutes of CPU training, not the paper's 8B results."
+               if not cfg.quick else "A `--quick` run: too few steps and records for the numbers to mean anything.", ""]
+    md += ["## Time per stage", "", "| stage | seconds |", "|---|---:|"]
+    md += [f"| {k} | {v:.0f} |" for k, v in stage_seconds.items()]
+    md += ["", f"Peak memory of the last invocation: {peak_gib:.2f} GiB (resident set).", "",
+           "## Reproduce each number", "",
+           "Every figure above comes from one `cings generate` + `cings evaluate` over the files in"
+           f" `{root / 'data'}` (the demo's own predictions are in `{root / 'evals'}/MODEL/SET/`):", "", "```bash"]
+    md += [_commands(cfg, root, m, es, precision) for m in by_model for es in sets]
+    md += ["```", ""]
+    report = root / "report.md"
+    report.write_text("\n".join(md), encoding="utf-8")
+    return report
