@@ -33,12 +33,11 @@ test-dist: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q
 
-# Until `cings train` lands, the demo shows the CINGS mask on bundled real data (SQuAD dev) with
-# the real SmolLM2 tokenizer: what will be trained, and what will not.
+# The main job: SmolLM2-135M-Instruct trained as standard instruction tuning and as CINGS (LoRA, same
+# data, order, steps and seed), evaluated with and without documents; runs/demo/report.md + .png.
+# About 30 minutes on 2 CPU cores; stages resume if it is stopped. DEMO_ARGS=--quick for a 3-minute run.
 demo: $(STAMP)
-	$(VENV)/bin/cings preview --input examples/squad_dev_sample.jsonl --tokenizer smollm2 --mode context -n 2
-	$(VENV)/bin/cings tokenize --input examples/squad_dev_sample.jsonl --tokenizer smollm2 --mode context \
-		--output out/demo/squad_context.jsonl
+	$(VENV)/bin/cings demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/tokenize_throughput.py

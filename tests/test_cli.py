@@ -54,7 +54,7 @@ def test_tokenize_to_a_dataset_folder(tmp_path, tok_dir, capsys):
                           "--output", str(tmp_path / "ds"), "--no-progress")
     import datasets
 
-    assert code == 0 and datasets.load_from_disk(str(tmp_path / "ds")).column_names == ["id", "input_ids", "labels"]
+    assert code == 0 and datasets.load_from_disk(str(tmp_path / "ds")).column_names == ["id", "input_ids", "labels", "chars"]
 
 
 @pytest.mark.parametrize("rows, expected", [

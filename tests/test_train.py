@@ -11,7 +11,7 @@ import torch
 from cings.config import ConfigError, load_config
 from cings.records import Context, Record, write_records
 from cings.render import Renderer, RenderOptions
-from cings.train import train
+from cings.train import last_complete_checkpoint, train
 
 from .conftest import ROOT, build_tiny_bpe, build_tiny_sentencepiece
 
@@ -124,6 +124,20 @@ def test_trainer_loss_equals_cross_entropy_over_exactly_the_trained_tokens(tmp_p
     assert torch.allclose(mean_loss, total / count, atol=1e-5), (mean_loss, total / count)
     assert torch.allclose(summed, total / count, atol=1e-5)
 
+    # Logits only at trained positions (the default in cings train): the same loss, and the same gradient.
+    lean = CingsTrainer(model=model, args=args, data_collator=collator, trained_logits_only=True)
+    for num_items in (None, torch.tensor(count), torch.tensor(2 * count)):
+        model.zero_grad()
+        full = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
+        full.backward()
+        full_grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        part = lean.compute_loss(model, dict(batch), num_items_in_batch=num_items)
+        part.backward()
+        assert torch.allclose(part, full, atol=1e-6), (num_items, part, full)
+        for a, b in zip(full_grads, (p.grad for p in model.parameters())):
+            assert torch.allclose(a, b, atol=1e-6)
+
 
 # ---------------------------------------------------------------- resume
 
@@ -142,15 +156,33 @@ class StopAt:
         self.callback = _Stop()
 
 
+def test_length_grouped_batches_give_every_mode_the_same_order(tmp_path, tok_dir, data_file):
+    orders = {}
+    for mode in ("no_context", "context", "no_mask"):
+        run = train(config(tok_dir, data_file, tmp_path / mode, mode=mode, max_steps=4, group_by_length=True,
+                           global_batch_size=2, micro_batch_size=2), progress=False)
+        orders[mode] = run["data_order"]
+    assert orders["no_context"] == orders["context"] == orders["no_mask"]
+    rows = [json.loads(line) for line in (tmp_path / "context" / "data_order.jsonl").read_text().splitlines()]
+    assert [r for b in rows[:4] for r in b][:8] == orders["context"]["first_rows"][:8]
+
+
 def test_a_resumed_run_ends_with_the_same_weights(tmp_path, tok_dir, data_file):
     from safetensors.torch import load_file
 
     common = dict(max_steps=6, save_strategy="steps", save_steps=3, num_epochs=3)
-    train(config(tok_dir, data_file, tmp_path / "whole", **common), progress=False)
+    whole_run = train(config(tok_dir, data_file, tmp_path / "whole", **common), progress=False)
     train(config(tok_dir, data_file, tmp_path / "cut", **common), callbacks=[StopAt(3).callback], progress=False)
     assert (tmp_path / "cut" / "checkpoint-3").is_dir()
+    # A kill while saving leaves a checkpoint folder without trainer_state.json: not resumed from.
+    (tmp_path / "cut" / "checkpoint-5").mkdir()
+    (tmp_path / "cut" / "checkpoint-5" / "adapter_model.safetensors").write_bytes(b"half")
+    assert last_complete_checkpoint(tmp_path / "cut").endswith("checkpoint-3")
     result = train(config(tok_dir, data_file, tmp_path / "cut", resume=True, **common), progress=False)
     assert result["global_step"] == 6
+    # The record of the examples trained, in order, continues across the kill and matches the whole run's.
+    assert result["data_order"] == whole_run["data_order"]
+    assert result["data_order"]["micro_batches"] == 6 * whole_run["config"]["global_batch_size"] // whole_run["config"]["micro_batch_size"]
     whole = load_file(tmp_path / "whole" / "model.safetensors")
     resumed = load_file(tmp_path / "cut" / "model.safetensors")
     # fp32 on CPU, same data order (the trainer skips the batches already seen): equal to rounding.

@@ -199,9 +199,8 @@ def _add_eval_commands(sub) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .generate import GenerationSettings, generate_records, load_for_generation
-    from .records import read_records
-
     from .loading import resolve_dtype
+    from .records import read_records
 
     dtype = resolve_dtype(args.dtype)
     model, tok, options, spec = load_for_generation(args.model, adapter=args.adapter, gguf_file=args.gguf_file,

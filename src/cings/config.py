@@ -67,6 +67,10 @@ class TrainConfig:
     micro_batch_size: int = _f(4, "sequences per device per forward pass; accumulation = global / (micro x devices)")
     precision: str = _f("auto", "auto (bf16 on a GPU that has it, fp32 on CPU) | bf16 (also on CPU: fast with AVX-512 BF16 or AMX) | fp16 | fp32")
     gradient_checkpointing: bool = _f(False, "recompute activations to save memory")
+    trained_logits_only: bool = _f(True, "compute the output layer and loss only where a token is trained: the same loss,"
+                                   " less time and memory (most CINGS positions are masked)")
+    group_by_length: bool = _f(False, "batch records of similar length (less padding); lengths are the records'"
+                               " characters, so every mode trains on the same order")
     packing: bool = _f(False, "padding-free packing: flatten each micro batch into one row with per-sequence position ids")
     attn_implementation: str | None = _f("sdpa", "attention kernel (sdpa, eager, flash_attention_2, ...)")
     # bookkeeping

@@ -37,12 +37,25 @@ class TokenizeStats:
                 f"tokens {self.tokens}, trained {self.trained_tokens} ({share:.1%})"]
 
 
+def record_chars(record: Record) -> int:
+    """A record's size in characters whatever the mode: a length to group batches by that gives
+    runs in different modes the same order (their token counts differ, their records do not)."""
+    parts = [record.instruction, record.response, record.system or ""]
+    for c in record.contexts:
+        parts += [c.title, c.text]
+    for seg in record.segments or ():
+        parts.append(seg.response)
+        parts += [c.text for c in seg.contexts]
+    return sum(map(len, parts))
+
+
 def _render_batch(batch: dict[str, list], renderer: Renderer) -> dict[str, list]:
     records = [parse_record(json.loads(s)) for s in batch["record"]]
     out: dict[str, list] = {"id": [], "input_ids": [], "labels": [], "status": [], "num_tokens": [],
-                            "num_trained": [], "truncated": []}
-    for result in renderer.render_batch(records):
+                            "num_trained": [], "truncated": [], "chars": []}
+    for record, result in zip(records, renderer.render_batch(records)):
         out["id"].append(result.id)
+        out["chars"].append(record_chars(record))
         if isinstance(result, Dropped):
             out["input_ids"].append([])
             out["labels"].append([])

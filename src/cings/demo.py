@@ -180,6 +180,11 @@ def build_data(cfg: DemoConfig, out: Path) -> dict[str, Any]:
 
 # --- stages ---------------------------------------------------------------------------------------
 
+def _file_sha(path: Path) -> str:
+    """Stages are keyed by the content of the data they read, so rebuilding identical data reruns nothing."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -227,16 +232,15 @@ def _train_config(cfg: DemoConfig, mode: str, data: Path, out: Path, precision: 
                        learning_rate=cfg.learning_rate, epoch_lr_decay=1.0, num_epochs=1, max_steps=cfg.steps,
                        seed=cfg.seed, global_batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size,
                        precision=precision, save_strategy="steps", save_steps=max(cfg.steps // 4, 1),
-                       save_total_limit=1, logging_steps=max(cfg.steps // 20, 1))
+                       save_total_limit=1, logging_steps=max(cfg.steps // 20, 1), group_by_length=True)
 
 
-def _train(cfg: DemoConfig, mode: str, data: Path, out: Path, precision: str) -> dict:
-    from transformers.trainer_utils import get_last_checkpoint
+def _train(cfg: DemoConfig, mode: str, data: Path, out: Path, precision: str, key: str) -> dict:
+    from .train import last_complete_checkpoint, train
 
-    from .train import train
-
+    _fresh_unless_same(out, key)  # checkpoints of another recipe are never resumed from
     tc = _train_config(cfg, mode, data, out, precision)
-    tc.resume = out.is_dir() and get_last_checkpoint(str(out)) is not None
+    tc.resume = last_complete_checkpoint(out) is not None
     result = train(tc, progress=True)
     info = json.loads((out / "cings_data.json").read_text())
     return {"mode": mode, "steps": result["global_step"], "seed": tc.seed, "learning_rate": tc.learning_rate,
@@ -245,12 +249,24 @@ def _train(cfg: DemoConfig, mode: str, data: Path, out: Path, precision: str) ->
             "resumed": tc.resume, "dropped": info["train"].get("dropped", {}), "train_stats": info["train"]}
 
 
+def _fresh_unless_same(folder: Path, key: str) -> None:
+    """Keep a killed stage's partial work (checkpoints, predictions) only if the same settings made it."""
+    import shutil
+
+    stamp = folder / "demo_stage_key"
+    if folder.exists() and (not stamp.is_file() or stamp.read_text() != key):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key)
+
+
 def _evaluate(model_obj: Any, tok: Any, options: Any, spec: str, adapter: str | None, es: EvalSet, data: Path,
-              out: Path, cfg: DemoConfig, dtype_name: str) -> dict:
+              out: Path, cfg: DemoConfig, dtype_name: str, key: str) -> dict:
     from .evaluate import evaluate_file
     from .generate import GenerationSettings, generate_records
     from .records import read_records
 
+    _fresh_unless_same(out, key)
     settings = GenerationSettings(docs=es.docs, ndocs=es.ndocs, prompt=es.prompt, max_new_tokens=cfg.max_new_tokens,
                                   batch_size=cfg.gen_batch_size, model=spec, adapter=adapter,
                                   extra={"dataset": es.name, "dtype": dtype_name})
@@ -286,10 +302,14 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
 
     trained: dict[str, dict] = {}
     for mode in cfg.modes:
-        key = _key(data_key, mode, cfg.model, cfg.gguf_file, cfg.steps, cfg.learning_rate, cfg.lora_r, cfg.lora_alpha,
-                   cfg.batch_size, cfg.micro_batch_size, precision)
+        # The whole training recipe is the key: any change to it retrains.
+        recipe = asdict(_train_config(cfg, mode, root / "data" / "train.jsonl", root / "models" / mode, precision))
+        key = _key(_file_sha(root / "data" / "train.jsonl"), recipe)
+        _release()
         trained[mode] = stages.run(f"train-{mode}", key,
-                                   lambda m=mode: _train(cfg, m, root / "data" / "train.jsonl", root / "models" / m, precision))
+                                   lambda m=mode, k=key: _train(cfg, m, root / "data" / "train.jsonl", root / "models" / m,
+                                                                precision, k))
+    _release()
     check = check_same_schedule({m: s["result"] for m, s in trained.items()})
 
     models = {"base": None, **{m: str(root / "models" / m) for m in cfg.modes}}
@@ -297,7 +317,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
     sets = [e for e in EVAL_SETS if e.name in cfg.eval_sets]
     for name, adapter in models.items():
         upstream = trained[name]["key"] if name in trained else _key(cfg.model, cfg.gguf_file)
-        keys = {es.name: _key(data_key, upstream, asdict(es), cfg.max_new_tokens, precision) for es in sets}
+        keys = {es.name: _key(_file_sha(root / "data" / "eval" / f"{es.source}.jsonl"), upstream, asdict(es),
+                              cfg.max_new_tokens, cfg.gen_batch_size, precision) for es in sets}
         loaded = None
         for es in sets:
             def work(es: EvalSet = es) -> dict:
@@ -307,14 +328,25 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
                                                  gguf_file=None if adapter else cfg.gguf_file, dtype=dtype)
                 model_obj, tok, options, spec = loaded
                 return _evaluate(model_obj, tok, options, spec, adapter, es, root / "data" / "eval" / f"{es.source}.jsonl",
-                                 root / "evals" / name / es.name, cfg, precision)
+                                 root / "evals" / name / es.name, cfg, precision, keys[es.name])
             evals.setdefault(name, {})[es.name] = stages.run(f"eval-{name}-{es.name}", keys[es.name], work)
         loaded = None  # free the model before loading the next one
+        _release()
 
     report = write_report(cfg, root, data, trained, evals, sets, check, precision,
                           total_seconds=time.perf_counter() - started, ran=stages.ran)
     log(f"wrote {report}, {report.with_suffix('.png')} and {root / 'metrics.json'}")
     return report
+
+
+def _release() -> None:
+    """Give a finished stage's memory back to the OS before the next one (see ReleaseMemoryCallback)."""
+    import gc
+
+    from .trainer import ReleaseMemoryCallback
+
+    gc.collect()
+    ReleaseMemoryCallback().on_step_end(None, None, None)
 
 
 def check_same_schedule(runs: dict[str, dict]) -> dict[str, Any]:

@@ -162,10 +162,21 @@ def write_report(cfg: Any, root: Path, data: dict, trained: dict[str, dict], eva
     invocation += ["--output-dir", str(root)] + (["--model", cfg.model] if cfg.model != "smollm2" else [])
     md = [f"# cings demo: {title}", "",
           f"{date} on {machine}. Command: `{shlex.join(invocation)}`"
-          f" (settings in `metrics.json`). This invocation took {total_seconds / 60:.1f} min; stages run now: "
-          f"{len(ran)} (the others were kept from an earlier invocation).", "",
+          f" (settings in `metrics.json`). This invocation took {total_seconds / 60:.1f} min and ran {len(ran)} of"
+          f" {len(stage_seconds)} stages (the others were kept from an earlier invocation; every stage's own time is"
+          " below).", "",
           "## What was compared", "", "| model | what it is |", "|---|---|"]
     md += [f"| {m} | {MODE_MEANING.get(m, m)} |" for m in by_model]
+    has_cf = any("context_rate" in r for per in by_model.values() for r in per.values())
+    md += ["", "## Summary: accuracy (%) [95% interval]", "",
+           "| model | " + " | ".join(es.name for es in sets) + (" | counterfactual: context / memory rate |" if has_cf else " |"),
+           "|---|" + "---:|" * (len(sets) + has_cf)]
+    for m, per in by_model.items():
+        cells = [_fmt(per.get(es.name, {}), "acc") for es in sets]
+        if has_cf:
+            cf = next((r for r in per.values() if "context_rate" in r), None)
+            cells.append(f"{cf['context_rate']:.1f} / {cf['memory_rate']:.1f}" if cf else "–")
+        md.append(f"| {m} | " + " | ".join(cells) + " |")
     md += ["", "## Training", "",
            f"LoRA r{cfg.lora_r} (alpha {cfg.lora_alpha}, dropout 0.05) on every attention and MLP projection; {cfg.steps} steps of"
            f" {cfg.batch_size} examples (micro batch {cfg.micro_batch_size}), learning rate {cfg.learning_rate:g} constant,"

@@ -169,11 +169,32 @@ def build_datasets(cfg: TrainConfig, tokenizer: Any, progress: bool = True):
     if cfg.eval_data:
         eval_set, _ = _load_split(cfg.eval_data, renderer, cfg, progress)
     keep = ["input_ids", "labels"]
+    if cfg.group_by_length:
+        if "chars" not in train_set.column_names:
+            raise ConfigError(f"group_by_length: data {cfg.data} has no 'chars' column; give the records (.jsonl)"
+                              " or tokenize them again with this version of cings")
+        keep.append("chars")
     train_set = train_set.remove_columns([c for c in train_set.column_names if c not in keep])
     train_set = train_set.add_column("row", list(range(len(train_set))))  # for OrderRecorder
     if eval_set is not None:
-        eval_set = eval_set.remove_columns([c for c in eval_set.column_names if c not in keep])
+        eval_set = eval_set.remove_columns([c for c in eval_set.column_names if c not in ("input_ids", "labels")])
     return train_set, eval_set, stats, renderer
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` that was written to the end.
+
+    The Trainer writes ``trainer_state.json`` last; a run killed while saving leaves a folder
+    without it, and resuming from that folder would fail (or worse, load half a state).
+    """
+    import re
+
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.iterdir()
+             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / "trainer_state.json").is_file()]
+    return str(max(found)[1]) if found else None
 
 
 class TrainResult(dict):
@@ -185,7 +206,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
     from transformers import TrainingArguments
 
     from .collate import pad_id_for
-    from .trainer import CingsTrainer, LossLogCallback, OrderRecorder, make_collator
+    from .trainer import CingsTrainer, LossLogCallback, OrderRecorder, ReleaseMemoryCallback, make_collator
 
     cfg.validate()
     world = _world_size()
@@ -208,6 +229,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
         save_strategy=cfg.save_strategy, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         eval_strategy="epoch" if eval_set is not None else "no", report_to=list(cfg.report_to) or "none",
         remove_unused_columns=False, dataloader_num_workers=cfg.dataloader_num_workers,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", length_column_name="chars",
         disable_tqdm=not progress, ddp_find_unused_parameters=False,
     )
     # After the arguments: under DeepSpeed ZeRO-3 they switch on zero.Init, so each process loads
@@ -227,14 +249,13 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
     trainer = CingsTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
         data_collator=order,
-        callbacks=[LossLogCallback(output_dir / "loss_log.jsonl"), *callbacks],
-        epoch_lr_decay=cfg.epoch_lr_decay, steps_per_epoch=steps_per_epoch,
+        callbacks=[LossLogCallback(output_dir / "loss_log.jsonl"),
+                   *([] if torch.cuda.is_available() else [ReleaseMemoryCallback()]), *callbacks],
+        epoch_lr_decay=cfg.epoch_lr_decay, steps_per_epoch=steps_per_epoch, trained_logits_only=cfg.trained_logits_only,
     )
     resume = None
     if cfg.resume:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        resume = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        resume = last_complete_checkpoint(output_dir)
         if resume is None:
             raise ConfigError(f"--resume: no checkpoint in {output_dir}")
     start_step = 0

