@@ -346,7 +346,7 @@ def _release() -> None:
     from .trainer import ReleaseMemoryCallback
 
     gc.collect()
-    ReleaseMemoryCallback().on_step_end(None, None, None)
+    ReleaseMemoryCallback().release()
 
 
 def check_same_schedule(runs: dict[str, dict]) -> dict[str, Any]:
