@@ -1,10 +1,11 @@
-"""HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/demo_study.py [--grid 1e-4:100,2e-4:100,5e-4:100,2e-4:50] [--modes context,no_context]
+"""HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/demo_study.py [--grid 5e-5:25,2e-4:25,5e-4:25] [--modes context]
 
 The learning-rate / steps study behind `cings demo`'s defaults. Each grid point is one
 `cings demo` run (LoRA r16, batch 8, seed 2, the demo's data: one pass over steps x 8 SQuAD
 questions from the training articles), evaluated on the held-out SQuAD articles in the prefill
-layout and on the counterfactual set. Runs go to runs/study/lr{LR}-s{STEPS}/ and resume like the
-demo; a point already run is not run again. Prints a markdown table and writes --json.
+layout and on the counterfactual set. All points share runs/study/ (so the base model is evaluated
+once; each point's metrics.json is kept as points/lr{LR}-s{STEPS}.json). Prints a markdown table
+and writes --json.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    parser.add_argument("--grid", default="1e-4:100,2e-4:100,5e-4:100,2e-4:50", help="LR:STEPS,...")
-    parser.add_argument("--modes", default="context,no_context")
+    parser.add_argument("--grid", default="5e-5:25,2e-4:25,5e-4:25", help="LR:STEPS,...")
+    parser.add_argument("--modes", default="context")
     parser.add_argument("--eval-sets", default="squad-prefill,squad-counterfactual")
     parser.add_argument("--eval-n", type=int, default=100)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "study")
@@ -34,12 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for point in args.grid.split(","):
         lr, steps = point.split(":")
-        out = args.out / f"lr{lr}-s{steps}"
+        out = args.out
         cmd = [sys.executable, "-m", "cings", "demo", "--modes", args.modes, "--eval-sets", args.eval_sets,
                "--eval-n", str(args.eval_n), "--lr", lr, "--steps", steps, "--output-dir", str(out)]
         start = time.perf_counter()
         subprocess.run(cmd, check=True)
         summary = json.loads((out / "metrics.json").read_text())
+        (out / "points").mkdir(exist_ok=True)
+        (out / "points" / f"lr{lr}-s{steps}.json").write_text(json.dumps(summary, indent=2))
         for e in summary["entries"]:
             rows.append({"lr": float(lr), "steps": int(steps), "model": e["model"], "eval_set": e["eval_set"],
                          "n": e["n"], "acc": e["acc"], "acc_ci": e.get("acc_ci"), "em": e["em"], "f1": e["f1"],

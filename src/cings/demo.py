@@ -296,6 +296,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     stages = Stages(root, log)
     data_key = _key("data", cfg.data_dir, cfg.steps, cfg.batch_size, cfg.seed, cfg.context_chars, cfg.eval_n)
+    if not (root / "data" / "train.jsonl").is_file():
+        (stages.dir / "data.json").unlink(missing_ok=True)  # the files are gone: build them again
     data = stages.run("data", data_key, lambda: build_data(cfg, root / "data"))
     log(f"{data['result']['train_records']} training records from {data['result']['train_articles']} articles;"
         f" evaluation on {data['result']['heldout_articles']} other articles and 2 other datasets")
