@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .records import Record, write_records
+from .records import write_records
 
 __all__ = ["DemoConfig", "EvalSet", "run_demo", "EVAL_SETS", "DEMO_DATA", "window_context"]
 
@@ -128,15 +128,9 @@ def window_context(text: str, start: int, answer: str, max_chars: int) -> str | 
     return text[bounds[lo][0]:bounds[hi][1]]
 
 
-def _spread(records: list[Record], n: int, seed: int) -> list[Record]:
-    if n >= len(records):
-        return list(records)
-    keep = sorted(random.Random(seed).sample(range(len(records)), n))
-    return [records[i] for i in keep]
-
-
 def build_data(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     from .counterfactual import make_counterfactual
+    from .evaluate import _spread_sample
     from .prepare import prepare
     from .splits import split_records
 
@@ -168,7 +162,7 @@ def build_data(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     pools = {"squad-heldout": heldout, "squad-counterfactual": counterfactual, "nq": nq, "hotpotqa": hotpot}
     sizes = {}
     for name, pool in pools.items():
-        chosen = _spread(pool, int(cfg.eval_n.get(name, 100)), 0)
+        chosen = _spread_sample(pool, int(cfg.eval_n.get(name, 100)), 0)
         write_records(chosen, out / "eval" / f"{name}.jsonl")
         sizes[name] = len(chosen)
     return {"train_records": len(train), "train_articles": len({r.meta.get("title") for r in train}),
@@ -345,10 +339,10 @@ def _release() -> None:
     """Give a finished stage's memory back to the OS before the next one (see ReleaseMemoryCallback)."""
     import gc
 
-    from .trainer import ReleaseMemoryCallback
+    from .trainer import release_memory
 
     gc.collect()
-    ReleaseMemoryCallback().release()
+    release_memory()
 
 
 def check_same_schedule(runs: dict[str, dict]) -> dict[str, Any]:

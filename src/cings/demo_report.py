@@ -16,6 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from .metrics import format_cell
+
 __all__ = ["write_report", "MODE_MEANING"]
 
 MODE_MEANING = {
@@ -28,28 +30,14 @@ MODE_MEANING = {
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
     import transformers
 
+    from .machine import cpu_name
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} CPU cores, {gpu}; {platform.system()} {platform.release()}; "
+    return (f"{cpu_name()}, {os.cpu_count()} CPU cores, {gpu}; {platform.system()} {platform.release()}; "
             f"torch {torch.__version__}, transformers {transformers.__version__}")
-
-
-def _fmt(m: dict, key: str) -> str:
-    v = m.get(key)
-    if v is None:
-        return "–"
-    ci = m.get(f"{key}_ci")
-    return f"{v:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]" if ci and ci[0] is not None else f"{v:.1f}"
 
 
 def _chart(by_model: dict[str, dict[str, dict]], sets: Sequence[Any], path: Path, title: str) -> Path:
@@ -172,7 +160,7 @@ def write_report(cfg: Any, root: Path, data: dict, trained: dict[str, dict], eva
            "| model | " + " | ".join(es.name for es in sets) + (" | counterfactual: context / memory rate |" if has_cf else " |"),
            "|---|" + "---:|" * (len(sets) + has_cf)]
     for m, per in by_model.items():
-        cells = [_fmt(per.get(es.name, {}), "acc") for es in sets]
+        cells = [format_cell(per.get(es.name, {}), "acc") for es in sets]
         if has_cf:
             cf = next((r for r in per.values() if "context_rate" in r), None)
             cells.append(f"{cf['context_rate']:.1f} / {cf['memory_rate']:.1f}" if cf else "–")
@@ -207,7 +195,7 @@ def write_report(cfg: Any, root: Path, data: dict, trained: dict[str, dict], eva
             r = by_model[m].get(es.name)
             if r is None:
                 continue
-            cells = [m, str(r.get("n"))] + [_fmt(r, k) for k in head[2:]]
+            cells = [m, str(r.get("n"))] + [format_cell(r, k) for k in head[2:]]
             md.append("| " + " | ".join(cells) + " |")
         md.append("")
     verdict = _verdict(by_model)

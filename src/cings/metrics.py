@@ -227,7 +227,8 @@ def score_predictions(rows: Iterable[Mapping[str, Any]], *, metrics: Sequence[st
 _TABLE_ORDER = ("acc", "em", "f1", "match", "rouge_l", "context_rate", "memory_rate", "both_rate", "neither_rate")
 
 
-def _cell(run: Mapping[str, Any], key: str) -> str:
+def format_cell(run: Mapping[str, Any], key: str) -> str:
+    """``value [lo, hi]`` with one decimal, or ``–`` when the run has no such figure."""
     value = run.get(key)
     if value is None:
         return "–"
@@ -241,5 +242,5 @@ def metrics_table_markdown(metrics: Mapping[str, Any]) -> str:
     keys = [k for k in _TABLE_ORDER if any(k in r for r in runs.values())]
     lines = ["| metric | " + " | ".join(runs) + " |", "|---|" + "---:|" * len(runs),
              "| n | " + " | ".join(str(r.get("n", "–")) for r in runs.values()) + " |"]
-    lines += [f"| {k} | " + " | ".join(_cell(r, k) for r in runs.values()) + " |" for k in keys]
+    lines += [f"| {k} | " + " | ".join(format_cell(r, k) for r in runs.values()) + " |" for k in keys]
     return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ from transformers import Trainer, TrainerCallback
 
 from .collate import IGNORE_INDEX, Collator
 
-__all__ = ["CingsTrainer", "LossLogCallback", "make_collator", "PackingCollator", "OrderRecorder", "ReleaseMemoryCallback"]
+__all__ = ["CingsTrainer", "LossLogCallback", "make_collator", "PackingCollator", "OrderRecorder", "ReleaseMemoryCallback", "release_memory"]
 
 
 class CingsTrainer(Trainer):
@@ -172,18 +172,24 @@ class ReleaseMemoryCallback(TrainerCallback):
     """
 
     def __init__(self, every: int = 10) -> None:
+        self.every = max(every, 1)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0:
+            release_memory()
+
+
+def release_memory() -> None:
+    """``malloc_trim(0)``: freed heap memory back to the OS (glibc; a no-op elsewhere)."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
         import ctypes
         import ctypes.util
 
         name = ctypes.util.find_library("c")
-        libc = ctypes.CDLL(name) if name else None
-        self.trim = getattr(libc, "malloc_trim", None)
-        self.every = max(every, 1)
+        _MALLOC_TRIM = getattr(ctypes.CDLL(name), "malloc_trim", False) if name else False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
 
-    def release(self) -> None:
-        if self.trim is not None:
-            self.trim(0)
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.every == 0:
-            self.release()
+_MALLOC_TRIM: Any = None
