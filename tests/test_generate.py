@@ -95,6 +95,33 @@ def test_an_adapter_alone_finds_its_base_model(tmp_path):
     assert report["generated"] == 2
 
 
+def test_a_merged_adapter_computes_what_the_unmerged_one_does(tmp_path):
+    from cings.config import load_config
+    from cings.train import train
+
+    tok_dir = tmp_path / "tok"
+    build_tiny_bpe().save_pretrained(tok_dir)
+    data = tmp_path / "d.jsonl"
+    write_records(records(4), data)
+    cfg = load_config(None, dict(model_config=TINY, tokenizer=str(tok_dir), data=str(data), output_dir=str(tmp_path / "run"),
+                                 lora=True, lora_target_modules=["q_proj", "v_proj", "down_proj"], max_steps=3,
+                                 learning_rate=0.05, global_batch_size=2, micro_batch_size=2, save_strategy="no",
+                                 max_length=256))
+    train(cfg, progress=False)
+    run = str(tmp_path / "run")
+    merged, tok, _, _ = load_for_generation(None, adapter=run)
+    apart, _, _, _ = load_for_generation(None, adapter=run, merge=False)
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    assert any("lora" in name for name, _ in apart.named_parameters())
+    ids = torch.tensor([tok("The Denver Broncos won the game.")["input_ids"]])
+    with torch.no_grad():
+        a, b = merged(input_ids=ids).logits, apart(input_ids=ids).logits
+        with apart.disable_adapter():
+            base = apart(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-5)
+    assert (a - base).abs().max() > 1e-3  # the adapter is not a no-op, so the check above can fail
+
+
 def test_generate_and_evaluate_from_the_command_line(tmp_path, capsys):
     from cings.cli import main
 

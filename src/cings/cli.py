@@ -144,6 +144,8 @@ def _add_eval_commands(sub) -> None:
     gen.add_argument("--resume", action="store_true", help="skip ids already in --output")
     gen.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="fp32",
                      help="weights' precision; auto = bf16 on a GPU or CPU with fast bf16 (AVX-512 BF16, AMX), else fp32")
+    gen.add_argument("--no-merge", action="store_true",
+                     help="keep the LoRA adapter apart from the weights (default: merged in, faster on a CPU)")
     gen.add_argument("--no-progress", action="store_true")
     gen.set_defaults(func=cmd_generate)
 
@@ -204,10 +206,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     dtype = resolve_dtype(args.dtype)
     model, tok, options, spec = load_for_generation(args.model, adapter=args.adapter, gguf_file=args.gguf_file,
-                                                    tokenizer=args.tokenizer, dtype=dtype)
+                                                    tokenizer=args.tokenizer, dtype=dtype, merge=not args.no_merge)
+    extra = {"dtype": str(dtype).removeprefix("torch.")}
+    if args.adapter:
+        extra["adapter_merged"] = not args.no_merge
     settings = GenerationSettings(docs=args.docs, ndocs=args.ndocs, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
-                                  batch_size=args.batch_size, model=spec, adapter=args.adapter,
-                                  extra={"dtype": str(dtype).removeprefix("torch.")})
+                                  batch_size=args.batch_size, model=spec, adapter=args.adapter, extra=extra)
     report = generate_records(read_records(args.input), model, tok, options, settings, args.output,
                               resume=args.resume, limit=args.limit, progress=not args.no_progress)
     skipped = ", ".join(f"{k} {v}" for k, v in report["skipped"].items()) or "none"

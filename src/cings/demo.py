@@ -68,7 +68,9 @@ class DemoConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     batch_size: int = 8
-    micro_batch_size: int = 8
+    # 2 micro batches of 4 make one batch of 8 with the same loss (normalised over the whole
+    # batch's tokens) and were no slower, at two thirds of the memory (benchmarks/results/demo_micro_batch.json).
+    micro_batch_size: int = 4
     seed: int = 2
     context_chars: int = 600
     eval_n: dict = field(default_factory=lambda: {"squad-heldout": 100, "squad-counterfactual": 100, "nq": 100, "hotpotqa": 50})
@@ -263,7 +265,8 @@ def _evaluate(model_obj: Any, tok: Any, options: Any, spec: str, adapter: str | 
     _fresh_unless_same(out, key)
     settings = GenerationSettings(docs=es.docs, ndocs=es.ndocs, prompt=es.prompt, max_new_tokens=cfg.max_new_tokens,
                                   batch_size=cfg.gen_batch_size, model=spec, adapter=adapter,
-                                  extra={"dataset": es.name, "dtype": dtype_name})
+                                  extra={"dataset": es.name, "dtype": dtype_name,
+                                         **({"adapter_merged": True} if adapter else {})})
     report = generate_records(read_records(data), model_obj, tok, options, settings, out / "predictions.jsonl", resume=True)
     metrics, _ = evaluate_file(out / "predictions.jsonl", out / "metrics.json")
     keep = ("n", "acc", "acc_ci", "em", "em_ci", "f1", "f1_ci", "match", "context_rate", "context_rate_ci",
@@ -314,7 +317,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
     for name, adapter in models.items():
         upstream = trained[name]["key"] if name in trained else _key(cfg.model, cfg.gguf_file)
         keys = {es.name: _key(_file_sha(root / "data" / "eval" / f"{es.source}.jsonl"), upstream, asdict(es),
-                              cfg.max_new_tokens, cfg.gen_batch_size, precision) for es in sets}
+                              cfg.max_new_tokens, cfg.gen_batch_size, precision, "adapter merged") for es in sets}
         loaded = None
         for es in sets:
             def work(es: EvalSet = es) -> dict:

@@ -49,17 +49,20 @@ def _run_config(folder: str | None):
 
 
 def load_for_generation(model: str | None, *, adapter: str | None = None, gguf_file: str | None = None,
-                        tokenizer: str | None = None, dtype: Any = None):
+                        tokenizer: str | None = None, dtype: Any = None, merge: bool = True):
     """Returns ``(model, tokenizer, render options, base model spec)``.
 
     ``adapter`` alone finds its base model in the run's ``cings_config.yaml`` (or peft's
     ``adapter_config.json``). System prompt, markers and template come from the run's recipe.
+    ``merge`` folds a LoRA adapter into the weights: a decode step of a small model on a CPU is
+    bound by the number of operations, and an unmerged adapter adds four to each of its layers
+    (measured in docs/benchmarks.md). A GGUF base is merged in fp32, before the cast to ``dtype``.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
     from .config import ConfigError
-    from .loading import load_tokenizer, resolve_model
+    from .loading import load_gguf_model, load_tokenizer, resolve_model
     from .train import render_options_for
 
     run = _run_config(adapter) or _run_config(model)
@@ -85,9 +88,7 @@ def load_for_generation(model: str | None, *, adapter: str | None = None, gguf_f
         folder, gguf = resolve_model(str(model), gguf_file)
         tok = load_tokenizer(tok_source or (str(Path(folder) / gguf) if gguf else folder))
         if gguf:
-            # Dequantized in fp32 then cast: asked for bf16 directly, transformers warns about packed
-            # kernels this architecture does not use.
-            base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32).to(dtype)
+            base = load_gguf_model(folder, gguf)  # fp32: merged (below) before the cast to ``dtype``
         else:
             base = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         spec = str(model)
@@ -95,6 +96,9 @@ def load_for_generation(model: str | None, *, adapter: str | None = None, gguf_f
         from peft import PeftModel
 
         base = PeftModel.from_pretrained(base, adapter)
+        if merge:
+            base = base.merge_and_unload()
+    base = base.to(dtype)
     options = render_options_for(run) if run is not None else RenderOptions()
     return base.eval(), tok, options, spec
 

@@ -100,13 +100,9 @@ def load_model(cfg: TrainConfig, tokenizer: Any, dtype: Any):
     folder, gguf = _model_source(cfg)
     try:
         if gguf:
-            # Dequantized to fp32, then cast: asked for bf16 directly, transformers warns about packed
-            # GGUF kernels that this (dequantized) architecture does not use.
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32, **kwargs).to(dtype)
-            # The weights are dequantized on load, but transformers keeps the GGUF quantizer on the
-            # model and Trainer then refuses to train a "quantized" model.
-            if getattr(model, "hf_quantizer", None) is not None:
-                model.hf_quantizer.remove_quantization_config(model)
+            from .loading import load_gguf_model
+
+            model = load_gguf_model(folder, gguf, **kwargs).to(dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
     except OSError as err:
