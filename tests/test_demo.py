@@ -82,6 +82,17 @@ def test_demo_data_is_in_the_checkout():
         assert (DEMO_DATA / name).is_file(), name
 
 
+def test_a_model_keeps_its_colour_whatever_else_is_plotted():
+    from cings.demo_report import model_colours
+
+    cycle = [f"C{i}" for i in range(10)]
+    default = dict(zip(["base", "no_context", "context"], model_colours(["base", "no_context", "context"], cycle)))
+    every = ["base", "no_context", "input_context", "context", "no_mask", "my-model"]
+    everything = dict(zip(every, model_colours(every, cycle)))
+    assert all(everything[m] == c for m, c in default.items())
+    assert len(set(everything.values())) == len(every)  # and no two models share one
+
+
 def test_unknown_mode_is_a_clear_error(tmp_path):
     from cings.cli import main
 

@@ -40,6 +40,13 @@ def _machine() -> str:
             f"torch {torch.__version__}, transformers {transformers.__version__}")
 
 
+def model_colours(models: Sequence[str], cycle: Sequence[str]) -> list[str]:
+    """A model keeps its colour in every report (the default and the --all-modes one side by side)."""
+    fixed = {"base": cycle[0], "no_context": cycle[1], "context": cycle[2], "no_mask": cycle[3], "input_context": cycle[4]}
+    spare = [c for c in cycle if c not in fixed.values()]
+    return [fixed.get(m) or spare[i % len(spare)] for i, m in enumerate(models)]
+
+
 def _chart(by_model: dict[str, dict[str, dict]], sets: Sequence[Any], path: Path, title: str) -> Path:
     import matplotlib
 
@@ -52,7 +59,7 @@ def _chart(by_model: dict[str, dict[str, dict]], sets: Sequence[Any], path: Path
                              gridspec_kw={"width_ratios": [3, 1]} if conflict else None)
     axes = list(axes) if conflict else [axes]
     width = 0.8 / max(len(models), 1)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = model_colours(models, plt.rcParams["axes.prop_cycle"].by_key()["color"])
 
     def bars(ax, groups, metric_of):
         for i, model in enumerate(models):
@@ -67,7 +74,7 @@ def _chart(by_model: dict[str, dict[str, dict]], sets: Sequence[Any], path: Path
                 ys.append(v)
                 lo.append(max(v - ci[0], 0))
                 hi.append(max(ci[1] - v, 0))
-            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, color=colours[i % len(colours)], label=model)
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, color=colours[i], label=model)
         ax.set_ylim(0, 100)
 
     names = [es.name for es in sets]
