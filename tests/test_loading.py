@@ -50,3 +50,28 @@ def test_an_unwritable_cache_falls_back_to_the_gguf(gguf, tmp_path, monkeypatch)
     blocker.write_text("not a folder")
     monkeypatch.setenv("CINGS_CACHE", str(blocker / "cache"))
     assert gguf_checkpoint(gguf) is None
+
+
+def test_losing_the_race_to_another_process_keeps_its_folder(gguf, tmp_path, monkeypatch):
+    """torchrun ranks convert at once: the first rename wins, the others use its folder, nothing is left over."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import cings.loading as loading
+
+    monkeypatch.setenv("CINGS_CACHE", str(tmp_path))
+    cache = tmp_path / "gguf"
+
+    def other_process_finishes_first(path):
+        (tmp,) = [p for p in cache.iterdir() if p.name.startswith(".")]
+        winner = cache / tmp.name[1:].rsplit("-", 1)[0]
+        winner.mkdir()
+        for name in ("config.json", "tokenizer.json", "by-the-other-process"):
+            (winner / name).write_text("{}")
+        config = AutoConfig.for_model("llama", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, vocab_size=64)
+        return AutoModelForCausalLM.from_config(config)
+
+    monkeypatch.setattr(loading, "_load_gguf_directly", other_process_finishes_first)
+    ckpt = gguf_checkpoint(gguf)
+    assert ckpt is not None and (ckpt / "by-the-other-process").is_file()
+    assert [p.name for p in cache.iterdir()] == [ckpt.name]
