@@ -40,6 +40,13 @@ def _machine() -> str:
             f"torch {torch.__version__}, transformers {transformers.__version__}")
 
 
+def _micro(cfg: Any) -> str:
+    n = max(cfg.batch_size // max(cfg.micro_batch_size, 1), 1)
+    if n == 1:
+        return "one micro batch"
+    return f"{n} micro batches of {cfg.micro_batch_size}; the loss is averaged over the trained tokens of all {cfg.batch_size}"
+
+
 def model_colours(models: Sequence[str], cycle: Sequence[str]) -> list[str]:
     """A model keeps its colour in every report (the default and the --all-modes one side by side)."""
     fixed = {"base": cycle[0], "no_context": cycle[1], "context": cycle[2], "no_mask": cycle[3], "input_context": cycle[4]}
@@ -174,7 +181,7 @@ def write_report(cfg: Any, root: Path, data: dict, trained: dict[str, dict], eva
         md.append(f"| {m} | " + " | ".join(cells) + " |")
     md += ["", "## Training", "",
            f"LoRA r{cfg.lora_r} (alpha {cfg.lora_alpha}, dropout 0.05) on every attention and MLP projection; {cfg.steps} steps of"
-           f" {cfg.batch_size} examples (micro batch {cfg.micro_batch_size}), learning rate {cfg.learning_rate:g} constant,"
+           f" {cfg.batch_size} examples ({_micro(cfg)}), learning rate {cfg.learning_rate:g} constant,"
            f" seed {cfg.seed}, {precision}. Data: {d['train_records']} SQuAD v1.1 dev questions from {d['train_articles']}"
            f" articles (one pass, each passage cut to the sentences around its answer, at most {cfg.context_chars}"
            f" characters: {d['contexts_windowed']} were cut; {d['answer_not_in_passage_skipped']} skipped because the"
