@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import platform
+import shlex
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 
@@ -23,3 +28,14 @@ def machine(*packages: str) -> dict[str, Any]:
 
         info["torch_threads"] = torch.get_num_threads()
     return info
+
+
+def save_result(path: str | Path, payload: dict[str, Any], *packages: str) -> Path:
+    """Write ``payload`` as JSON with the command that produced it, the machine and the date."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"command": shlex.join([sys.executable, *sys.argv]), "machine": machine(*packages),
+              "date": time.strftime("%Y-%m-%d"), **payload}
+    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+    return path

@@ -14,9 +14,9 @@ import time
 import torch
 from _machine import machine
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, DynamicCache
+from transformers import DynamicCache
 
-from cings.loading import smollm2_gguf
+from cings.loading import load_gguf_model, smollm2_gguf
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -31,7 +31,7 @@ def timed(fn, reps: int = 2) -> float:
 
 def load(dtype):
     path = smollm2_gguf()
-    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).to(dtype)
+    return load_gguf_model(str(path.parent), path.name).to(dtype)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _machine import machine
+from _machine import save_result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,11 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                         "records_per_s": round(len(records) / seconds, 2),
                         f"predictions_equal_to_{next(iter(outputs))}": f"{same}/{len(first)}"})
         print(json.dumps(results[-1]), flush=True)
-    out = {"machine": machine("torch", "transformers", "peft"), "adapter": args.adapter, "data": args.data,
-           "n": len(records), "dtype": str(dtype).removeprefix("torch."), "results": results}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    save_result(args.json, {"adapter": args.adapter, "data": args.data, "n": len(records),
+                            "dtype": str(dtype).removeprefix("torch."), "results": results}, "torch", "transformers", "peft")
     return 0
 
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _machine import machine
+from _machine import save_result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,11 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"mode": mode, "micro_batch_size": int(micro), "accumulation": 8 // int(micro),
                          "train_runtime_s": runtime, "train_loss": loss, "peak_rss_gib": round(rss / 2**20, 2)})
             print(json.dumps(rows[-1]), flush=True)
-    out = {"machine": machine("torch", "transformers"), "steps": args.steps, "global_batch_size": 8, "results": rows,
-           "command": "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/demo_micro_batch.py"}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    save_result(args.json, {"steps": args.steps, "global_batch_size": 8, "results": rows}, "torch", "transformers")
     return 0
 
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _machine import machine
+from _machine import save_result
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['lr']:g} | {r['steps']} | {r['model']} | {r['eval_set']} | {r['n']} | {r['acc']:.1f}{ci} |"
                      f" {r['em']:.1f} | {r['f1']:.1f} | {cr} | {mr} |")
     print("\n".join(lines))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"command": shlex.join([sys.executable, *sys.argv]), "machine": machine("torch", "transformers"),
-                                     "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2) + "\n")
+    save_result(args.json, {"rows": rows}, "torch", "transformers")
     return 0
 
 

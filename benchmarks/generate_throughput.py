@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _machine import machine
+from _machine import machine, save_result
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "squad_dev_v1.1.json.gz"
@@ -68,11 +68,9 @@ def main(argv: list[str] | None = None) -> int:
               f"  speed-up {base / timings[size]:5.2f}x")
     print(f"outputs identical across batch sizes: {identical}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": shlex.join([sys.executable, *sys.argv]), "machine": info,
-                                         "records": len(records), "max_new_tokens": args.max_new_tokens,
-                                         "seconds": timings, "identical": identical,
-                                         "speedup": {s: base / t for s, t in timings.items()}}, indent=2) + "\n")
+        save_result(args.json, {"records": len(records), "max_new_tokens": args.max_new_tokens, "seconds": timings,
+                                "identical": identical, "speedup": {s: base / t for s, t in timings.items()}},
+                    "torch", "transformers")
     return 0 if identical else 1
 
 

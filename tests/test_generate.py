@@ -76,7 +76,8 @@ def test_prediction_rows_carry_answers_parametric_answers_and_settings(tmp_path,
     assert row["docs"] == [{"title": "", "gold": True}]
 
 
-def test_an_adapter_alone_finds_its_base_model(tmp_path):
+def train_tiny_adapter(tmp_path, **recipe) -> str:
+    """A LoRA run of the tiny model on 4 records; returns its folder."""
     from cings.config import load_config
     from cings.train import train
 
@@ -84,11 +85,15 @@ def test_an_adapter_alone_finds_its_base_model(tmp_path):
     build_tiny_bpe().save_pretrained(tok_dir)
     data = tmp_path / "d.jsonl"
     write_records(records(4), data)
-    cfg = load_config(None, dict(model_config=TINY, tokenizer=str(tok_dir), data=str(data), output_dir=str(tmp_path / "run"),
-                                 lora=True, lora_target_modules=["q_proj", "v_proj"], max_steps=1, global_batch_size=2,
-                                 micro_batch_size=2, save_strategy="no", max_length=256))
-    train(cfg, progress=False)
-    model, tok, options, spec = load_for_generation(None, adapter=str(tmp_path / "run"))
+    settings = dict(model_config=TINY, tokenizer=str(tok_dir), data=str(data), output_dir=str(tmp_path / "run"), lora=True,
+                    lora_target_modules=["q_proj", "v_proj"], max_steps=1, global_batch_size=2, micro_batch_size=2,
+                    save_strategy="no", max_length=256)
+    train(load_config(None, {**settings, **recipe}), progress=False)
+    return str(tmp_path / "run")
+
+
+def test_an_adapter_alone_finds_its_base_model(tmp_path):
+    model, tok, options, spec = load_for_generation(None, adapter=train_tiny_adapter(tmp_path))
     assert spec == "model_config" and options.mode.value == "context"
     report = generate_records(records(2), model, tok, options, GenerationSettings(max_new_tokens=3), tmp_path / "p.jsonl",
                               progress=False)
@@ -96,19 +101,8 @@ def test_an_adapter_alone_finds_its_base_model(tmp_path):
 
 
 def test_a_merged_adapter_computes_what_the_unmerged_one_does(tmp_path):
-    from cings.config import load_config
-    from cings.train import train
-
-    tok_dir = tmp_path / "tok"
-    build_tiny_bpe().save_pretrained(tok_dir)
-    data = tmp_path / "d.jsonl"
-    write_records(records(4), data)
-    cfg = load_config(None, dict(model_config=TINY, tokenizer=str(tok_dir), data=str(data), output_dir=str(tmp_path / "run"),
-                                 lora=True, lora_target_modules=["q_proj", "v_proj", "down_proj"], max_steps=3,
-                                 learning_rate=0.05, global_batch_size=2, micro_batch_size=2, save_strategy="no",
-                                 max_length=256))
-    train(cfg, progress=False)
-    run = str(tmp_path / "run")
+    run = train_tiny_adapter(tmp_path, lora_target_modules=["q_proj", "v_proj", "down_proj"], max_steps=3,
+                             learning_rate=0.05)
     merged, tok, _, _ = load_for_generation(None, adapter=run)
     apart, _, _, _ = load_for_generation(None, adapter=run, merge=False)
     assert not any("lora" in name for name, _ in merged.named_parameters())

@@ -107,8 +107,7 @@ def gguf_checkpoint(gguf: str | os.PathLike) -> Path | None:
         (tmp / "cings_gguf_source.txt").write_text(f"{path}\nsize {stat.st_size}\nmtime_ns {stat.st_mtime_ns}\n")
         tmp.rename(target)
     except OSError:
-        if not (target / "config.json").is_file():  # another process may have won the race
-            shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():  # else another process won the race: use its folder
             return None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
