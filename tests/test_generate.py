@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cings.generate import GenerationSettings, generate_records, load_for_generation, written_ids
-from cings.records import Context, Record, write_records
+from cings.records import Context, Record, RecordError, write_records
 from cings.render import RenderOptions
 
 from .conftest import build_tiny_bpe
@@ -30,6 +30,16 @@ def tiny():
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**TINY, "vocab_size": len(tok)}),
                                              attn_implementation="sdpa").eval()
     return model, tok
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tiny, tmp_path_factory):
+    """The tiny model saved as a model folder, for the command line."""
+    model, tok = tiny
+    folder = tmp_path_factory.mktemp("tiny_model")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
 
 
 def predictions(path):
@@ -172,3 +182,76 @@ def test_greedy_decode_equals_transformers_generate(tiny):
                                  eos_token_id=[-5], pad_token_id=0)[0, length:].tolist()
             ours = greedy_decode(model, ids, mask, 9, [-5])[0]
         assert ours == ref
+
+
+@pytest.mark.parametrize("flag, value", [("--batch-size", "-2"), ("--batch-size", "0"), ("--max-new-tokens", "0"),
+                                         ("--ndocs", "0")])
+def test_a_bad_number_is_refused_before_the_output_is_touched(tmp_path, capsys, flag, value):
+    from cings.cli import main
+
+    data, out = tmp_path / "d.jsonl", tmp_path / "p.jsonl"
+    write_records(records(2), data)
+    out.write_text('{"id": "old"}\n')
+    assert main(["generate", "--model", str(tmp_path / "no-model/"), "--input", str(data), "--output", str(out),
+                 flag, value, "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert f"{flag} must be a whole number of at least 1, not {value}" in err and "Traceback" not in err
+    assert out.read_text() == '{"id": "old"}\n'
+    with pytest.raises(ValueError, match="--batch-size must be"):
+        GenerationSettings(batch_size=0)  # library callers are refused too
+
+
+def test_resume_refuses_rows_of_other_settings_naming_each_key(tmp_path, tiny):
+    model, tok = tiny
+    path = tmp_path / "p.jsonl"
+    opts = RenderOptions(system_prompt=None)
+    generate_records(records(), model, tok, opts, GenerationSettings(max_new_tokens=3, batch_size=2), path, limit=3,
+                     progress=False)
+    before = path.read_text()
+    with pytest.raises(RecordError, match=r"p.jsonl:1: --resume with other settings.*docs: 'gold' in the file, 'topk' now;"
+                                          r" max_new_tokens: 3 in the file, 4 now"):
+        generate_records(records(), model, tok, opts, GenerationSettings(docs="topk", max_new_tokens=4), path,
+                         resume=True, progress=False)
+    with pytest.raises(RecordError, match=r"adapter: None in the file, 'a/' now.*model: None in the file, 'm' now"):
+        generate_records(records(), model, tok, opts, GenerationSettings(max_new_tokens=3, model="m", adapter="a/"), path,
+                         resume=True, progress=False)
+    assert path.read_text() == before
+    # The batch size changes speed, not outputs: a resume may change it.
+    report = generate_records(records(), model, tok, opts, GenerationSettings(max_new_tokens=3, batch_size=5), path,
+                              resume=True, progress=False)
+    assert report["already_done"] == 3 and report["generated"] == 4
+
+
+def test_an_existing_output_needs_resume_or_overwrite(tmp_path, tiny_dir, capsys):
+    from cings.cli import main
+
+    data, out = tmp_path / "d.jsonl", tmp_path / "p.jsonl"
+    write_records(records(2), data)
+    out.write_text('{"id": "mine"}\n')
+    base = ["generate", "--model", str(tiny_dir), "--input", str(data), "--output", str(out), "--max-new-tokens", "2",
+            "--no-progress"]
+    assert main(base) == 1
+    err = capsys.readouterr().err
+    assert "p.jsonl: the file exists; pass --resume" in err and "--overwrite" in err and "Traceback" not in err
+    assert out.read_text() == '{"id": "mine"}\n'
+    # A failure while reading the input leaves the file too, even with --overwrite.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x"}\n')
+    assert main([*base[:4], str(bad), *base[5:], "--overwrite"]) == 1
+    assert out.read_text() == '{"id": "mine"}\n'
+    assert main([*base, "--overwrite"]) == 0
+    assert set(predictions(out)) == {"r0", "r1"}
+
+
+@pytest.mark.parametrize("flags, said", [(["--adapter", "missing/"], "--adapter missing/: no such folder"),
+                                         (["--adapter", "runs/gone"], "--adapter runs/gone: no such folder"),
+                                         (["--model", "./nowhere"], "--model ./nowhere: no such folder"),
+                                         (["--model", "x.gguf"], "--model x.gguf: no such file")])
+def test_a_missing_model_or_adapter_folder_is_named(tmp_path, capsys, monkeypatch, flags, said):
+    from cings.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    write_records(records(1), tmp_path / "d.jsonl")
+    assert main(["generate", *flags, "--input", "d.jsonl", "--output", "p.jsonl"]) == 1
+    err = capsys.readouterr().err
+    assert said in err and "no base model recorded" not in err and "Traceback" not in err

@@ -137,11 +137,15 @@ def _add_eval_commands(sub) -> None:
     gen.add_argument("--prompt", choices=LAYOUTS, default="prefill",
                      help="prefill: '## Context ... ## Answer' opens the assistant turn (CINGS); input: documents in"
                           " the user turn; raw: a plain RAG prompt for off-the-shelf models")
-    gen.add_argument("--output", required=True, help="predictions, JSON Lines")
-    gen.add_argument("--batch-size", "--batch_size", type=int, default=8)
+    gen.add_argument("--output", required=True,
+                     help="predictions, JSON Lines; an existing file needs --resume or --overwrite")
+    gen.add_argument("--batch-size", "--batch_size", type=int, default=8, help="records per batch (speed only)")
     gen.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=300)
     gen.add_argument("--limit", type=int, help="only the first N records")
-    gen.add_argument("--resume", action="store_true", help="skip ids already in --output")
+    gen.add_argument("--resume", action="store_true",
+                     help="skip ids already in --output; refused when its rows were made with other settings"
+                          " (docs, ndocs, prompt, max-new-tokens, model, adapter, ...; batch size may differ)")
+    gen.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     gen.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="fp32",
                      help="weights' precision; auto = bf16 on a GPU or CPU with fast bf16 (AVX-512 BF16, AMX), else fp32")
     gen.add_argument("--no-merge", action="store_true",
@@ -199,21 +203,41 @@ def _add_eval_commands(sub) -> None:
     demo.set_defaults(func=cmd_demo)
 
 
+def _check_local(flag: str, value: str | None, *, must_exist: bool = False) -> None:
+    """A --model/--adapter that is written as a path (or must be local) names a missing folder plainly,
+    before loading turns it into a less direct error."""
+    from pathlib import Path
+
+    if not value or value.lower() == "smollm2" or Path(value).expanduser().exists():
+        return
+    looks_local = value.startswith((".", "/", "~")) or value.endswith(("/", "\\", ".gguf")) or value.count("/") > 1
+    if must_exist or looks_local:
+        raise ValueError(f"{flag} {value}: no such {'file' if value.endswith('.gguf') else 'folder'}")
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from .generate import GenerationSettings, generate_records, load_for_generation
     from .loading import resolve_dtype
     from .records import read_records
 
+    # Settings and paths first: a bad value is refused before a model is loaded or --output touched.
+    settings = GenerationSettings(docs=args.docs, ndocs=args.ndocs, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+                                  batch_size=args.batch_size, model=args.model, adapter=args.adapter)
+    _check_local("--model", args.model)
+    # Without --model the base model is read from the adapter's folder, so it must be here.
+    _check_local("--adapter", args.adapter, must_exist=args.model is None)
     dtype = resolve_dtype(args.dtype)
     model, tok, options, spec = load_for_generation(args.model, adapter=args.adapter, gguf_file=args.gguf_file,
                                                     tokenizer=args.tokenizer, dtype=dtype, merge=not args.no_merge)
     extra = {"dtype": str(dtype).removeprefix("torch.")}
     if args.adapter:
         extra["adapter_merged"] = not args.no_merge
-    settings = GenerationSettings(docs=args.docs, ndocs=args.ndocs, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
-                                  batch_size=args.batch_size, model=spec, adapter=args.adapter, extra=extra)
+    settings = replace(settings, model=spec, extra=extra)
     report = generate_records(read_records(args.input), model, tok, options, settings, args.output,
-                              resume=args.resume, limit=args.limit, progress=not args.no_progress)
+                              resume=args.resume, overwrite=args.overwrite, limit=args.limit,
+                              progress=not args.no_progress)
     skipped = ", ".join(f"{k} {v}" for k, v in report["skipped"].items()) or "none"
     print(f"cings generate: {report['generated']} generated, {report['already_done']} already written,"
           f" skipped {skipped}; {report['seconds']}s; wrote {args.output}", file=sys.stderr)

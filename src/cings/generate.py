@@ -3,7 +3,8 @@
 Greedy by default, stopping at the template's end-of-turn token. Prompts are sorted by length and
 left-padded, so the batch size changes speed, not outputs (tested token for token). Output is
 appended batch by batch; ``resume`` skips ids already written, so a killed run loses nothing and
-duplicates nothing.
+duplicates nothing. A resume refuses rows written with other settings (a file holds one setting),
+and an existing output is replaced only when asked (``overwrite``).
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .prompts import Prompt, PromptBuilder
-from .records import Record
+from .prompts import DOCS, LAYOUTS, Prompt, PromptBuilder
+from .records import Record, RecordError
 from .render import Dropped, RenderOptions
 
-__all__ = ["GenerationSettings", "load_for_generation", "generate_records", "written_ids"]
+__all__ = ["GenerationSettings", "load_for_generation", "generate_records", "written_ids", "check_resumable"]
+
+# Settings that change speed, not outputs: a resume may change them.
+SPEED_ONLY = frozenset({"batch_size"})
 
 
 @dataclass
@@ -32,6 +36,17 @@ class GenerationSettings:
     model: str | None = None
     adapter: str | None = None
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Checked on construction, so every caller (CLI, suite, demo) is refused before any output is touched.
+        for name in ("ndocs", "max_new_tokens", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a whole number of at least 1, not {value!r}")
+        if self.docs not in DOCS:
+            raise ValueError(f"--docs must be one of {', '.join(DOCS)}, not {self.docs!r}")
+        if self.prompt not in LAYOUTS:
+            raise ValueError(f"--prompt must be one of {', '.join(LAYOUTS)}, not {self.prompt!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"docs": self.docs, "ndocs": self.ndocs, "prompt": self.prompt, "max_new_tokens": self.max_new_tokens,
@@ -103,20 +118,46 @@ def load_for_generation(model: str | None, *, adapter: str | None = None, gguf_f
     return base.eval(), tok, options, spec
 
 
-def _complete_rows(path: Path) -> list[str]:
+def _complete_rows(path: Path) -> list[tuple[int, str, dict]]:
+    """``(lineno, line, row)`` of every whole prediction row."""
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         try:
-            if "id" in json.loads(line):
-                rows.append(line)
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill: that record is generated again
+        if isinstance(row, dict) and "id" in row:
+            rows.append((lineno, line, row))
     return rows
 
 
 def written_ids(path: str | Path) -> set[str]:
     path = Path(path)
-    return {json.loads(line)["id"] for line in _complete_rows(path)} if path.is_file() else set()
+    return {row["id"] for _, _, row in _complete_rows(path)} if path.is_file() else set()
+
+
+def check_resumable(path: str | Path, settings: GenerationSettings) -> None:
+    """Refuse to resume ``path`` when a row in it was written with other settings, naming each differing
+    key with both values: appended rows would mix two settings in one file."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    current = json.loads(json.dumps(settings.to_dict()))  # as a row stores it (tuples become lists)
+    for lineno, _, row in _complete_rows(path):
+        stored = row.get("settings")
+        if not isinstance(stored, dict):
+            raise RecordError(f"{path}:{lineno}: the row has no 'settings', so --resume cannot tell whether it was"
+                              " generated the same way; write to another --output or pass --overwrite")
+        diffs = [f"{key}: {_shown(stored, key)} in the file, {_shown(current, key)} now"
+                 for key in sorted((set(stored) | set(current)) - SPEED_ONLY)
+                 if (key in stored, stored.get(key)) != (key in current, current.get(key))]
+        if diffs:
+            raise RecordError(f"{path}:{lineno}: --resume with other settings than the rows already written"
+                              f" ({'; '.join(diffs)}); write to another --output or pass --overwrite")
+
+
+def _shown(settings: dict, key: str) -> str:
+    return repr(settings[key]) if key in settings else "(absent)"
 
 
 def _decode_batch(model: Any, tokenizer: Any, prompts: Sequence[Prompt], settings: GenerationSettings,
@@ -182,20 +223,29 @@ def greedy_decode(model: Any, ids: Any, mask: Any, max_new_tokens: int, stop_ids
 
 def generate_records(records: Iterable[Record], model: Any, tokenizer: Any, options: RenderOptions,
                      settings: GenerationSettings, output: str | Path, *, resume: bool = False,
-                     limit: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Write one prediction per record to ``output``; returns counts and timing."""
+                     overwrite: bool = False, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Write one prediction per record to ``output``; returns counts and timing.
+
+    An existing, non-empty ``output`` needs ``resume`` (add the missing ids; the settings must match the
+    rows there, batch size aside) or ``overwrite`` (replace it). Every check, and reading ``records``,
+    happens before ``output`` is touched, so a refused or failed run leaves it as it was.
+    """
     from .collate import pad_id_for
 
+    if resume and overwrite:
+        raise ValueError("give --resume or --overwrite, not both")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"--limit must be a whole number of at least 1, not {limit!r}")
     builder = PromptBuilder(tokenizer, options, layout=settings.prompt, docs=settings.docs, ndocs=settings.ndocs)
     output = Path(output)
+    if output.is_dir():
+        raise ValueError(f"--output {output}: is a folder; give a .jsonl file")
+    if output.is_file() and output.stat().st_size and not (resume or overwrite):
+        raise ValueError(f"--output {output}: the file exists; pass --resume to add the missing ids (same settings)"
+                         " or --overwrite to replace it")
+    if resume:
+        check_resumable(output, settings)
     done = written_ids(output) if resume else set()
-    if resume and output.is_file():
-        # Drop a line cut by a kill, so the rows appended next start on a line of their own.
-        kept = _complete_rows(output)
-        output.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    elif output.exists():
-        output.unlink()
-    output.parent.mkdir(parents=True, exist_ok=True)
     todo: list[tuple[Record, Prompt]] = []
     skipped: dict[str, int] = {}
     for i, record in enumerate(records):
@@ -210,6 +260,13 @@ def generate_records(records: Iterable[Record], model: Any, tokenizer: Any, opti
         todo.append((record, prompt))
     # Longest first: similar lengths share a batch (little padding), and memory peaks early.
     todo.sort(key=lambda rp: -len(rp[1].input_ids))
+    if resume and output.is_file():
+        # Drop a line cut by a kill, so the rows appended next start on a line of their own.
+        kept = _complete_rows(output)
+        output.write_text("".join(line + "\n" for _, line, _ in kept), encoding="utf-8")
+    elif output.exists():
+        output.unlink()
+    output.parent.mkdir(parents=True, exist_ok=True)
     stop_ids, pad_id = builder.stop_token_ids(), pad_id_for(tokenizer)
     started = time.perf_counter()
     bar = None
