@@ -167,7 +167,7 @@ def _add_eval_commands(sub) -> None:
                           description="Compare metrics files: RUN is METRICS.json or NAME=METRICS.json.")
     cmp_.add_argument("runs", nargs="+", metavar="RUN")
     cmp_.add_argument("--output", required=True, help="report.md (the chart goes beside it as .png)")
-    cmp_.add_argument("--metrics", default="acc,em,f1", help="metrics to chart")
+    cmp_.add_argument("--metrics", default="acc,em,f1", help="comma-separated metrics to chart; each must be in every file")
     cmp_.set_defaults(func=cmd_compare)
 
     suite = sub.add_parser("eval-suite", help="run a YAML list of (dataset, docs, layout) for one model; one report",

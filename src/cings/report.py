@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Sequence
 
 from .metrics import metrics_table_markdown
 
-__all__ = ["load_runs", "compare_runs", "bar_chart"]
+__all__ = ["load_runs", "compare_runs", "bar_chart", "check_metrics"]
 
 
 def load_runs(specs: Sequence[str]) -> dict[str, dict]:
@@ -28,6 +29,29 @@ def load_runs(specs: Sequence[str]) -> dict[str, dict]:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not a metrics JSON ({err})") from None
     return runs
+
+
+def _charted(run: dict) -> set[str]:
+    """The figures of a metrics file a chart can draw: percentages, not counts, intervals or notes."""
+    return {k for k, v in run.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and k != "n" and not k.startswith("n_") and not k.endswith("_ci")}
+
+
+def check_metrics(runs: dict[str, dict], metrics: Sequence[str]) -> None:
+    """Refuse a metric that some run lacks: the chart would draw it as a 0 % bar."""
+    if not metrics:
+        raise ValueError("--metrics is empty; name at least one metric")
+    common = set.intersection(*(_charted(r) for r in runs.values())) if runs else set()
+    for m in metrics:
+        if m in common:
+            continue
+        lacking = [name for name, run in runs.items() if m not in _charted(run)]
+        # A prefix too: "accuracy" is too far from "acc" for difflib alone.
+        close = [k for k in sorted(common) if m.startswith(k) or k.startswith(m)] or \
+            difflib.get_close_matches(m, sorted(common), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        where = "the metrics files" if len(lacking) == len(runs) else ", ".join(lacking)
+        raise ValueError(f"--metrics: no metric {m!r} in {where}{hint} (in every file: {', '.join(sorted(common)) or 'none'})")
 
 
 def bar_chart(runs: dict[str, dict], metrics: Sequence[str], path: str | Path, title: str = "") -> Path:
@@ -67,6 +91,7 @@ def bar_chart(runs: dict[str, dict], metrics: Sequence[str], path: str | Path, t
 def compare_runs(specs: Sequence[str], output: str | Path, *, metrics: Sequence[str] = ("acc", "em", "f1"),
                  title: str = "") -> tuple[Path, Path]:
     runs = load_runs(specs)
+    check_metrics(runs, metrics)
     output = Path(output)
     png = bar_chart(runs, metrics, output.with_suffix(".png"), title=title)
     table = metrics_table_markdown({name: run for name, run in runs.items()})
