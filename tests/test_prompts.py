@@ -80,3 +80,22 @@ def test_stop_tokens_are_the_templates_end_of_turn(llama3, qwen3):
 def test_qwen3_prefill_keeps_the_empty_think_block_in_the_prompt(qwen3):
     prompt = PromptBuilder(qwen3, RenderOptions(), docs="gold").build(RECORD)
     assert prompt.text.endswith(f"<|im_start|>assistant\n<think>\n\n</think>\n\n## Context {GOLD} ## Answer")
+
+
+def test_topk_takes_the_highest_scores_first_and_file_order_without_scores():
+    ranked = Record(id="s", instruction="Q", response="A",
+                    contexts=(Context(text="low", score=0.1), Context(text="high", score=0.9),
+                              Context(text="tie-first", score=0.5), Context(text="tie-second", score=0.5)))
+    assert [c.text for c in select_docs(ranked, "topk", 3)] == ["high", "tie-first", "tie-second"]
+    assert select_docs(RECORD, "topk", 2) == RECORD.contexts[:2]  # no scores: as given
+
+
+def test_topk_refuses_a_record_where_only_some_passages_have_a_score(tmp_path):
+    from cings.records import RecordError, read_records, write_records
+
+    path = tmp_path / "r.jsonl"
+    write_records([Record(id="m", instruction="Q", response="A",
+                          contexts=(Context(text="a", score=2.0), Context(text="b")))], path)
+    record = next(read_records(path))
+    with pytest.raises(RecordError, match=r"r.jsonl:1: contexts: --docs topk ranks passages by 'score', but 1 of 2"):
+        select_docs(record, "topk", 1)

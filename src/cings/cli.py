@@ -132,7 +132,9 @@ def _add_eval_commands(sub) -> None:
     gen.add_argument("--gguf-file", "--gguf_file", help="GGUF file name inside the model folder")
     gen.add_argument("--tokenizer", help="tokenizer, when not the run's or the model's")
     gen.add_argument("--input", required=True, help="grounded records")
-    gen.add_argument("--docs", choices=DOCS, default="gold", help="which documents each prompt shows")
+    gen.add_argument("--docs", choices=DOCS, default="gold",
+                     help="which documents each prompt shows; topk: the K highest-scored passages when every passage"
+                          " has a 'score' (file order when none has; a record with only some scored is refused)")
     gen.add_argument("--ndocs", type=int, default=1, metavar="K", help="documents per prompt (gold, gold+distractors, topk)")
     gen.add_argument("--prompt", choices=LAYOUTS, default="prefill",
                      help="prefill: '## Context ... ## Answer' opens the assistant turn (CINGS); input: documents in"

@@ -9,7 +9,9 @@ Documents:
 - ``none``: closed book; the assistant turn starts empty.
 - ``gold``: the gold passages; with one document, the longest gold one (by words), as the paper.
 - ``gold+distractors``: the longest gold passage, then ``K-1`` non-gold ones in retrieved order.
-- ``topk``: the first ``K`` passages as given, gold or not.
+- ``topk``: the ``K`` highest-scored passages, gold or not, when every passage has a ``score``
+  (ties keep file order); the first ``K`` as given when none has one; a record where only some
+  have one is refused, since no order between the two kinds would be right for every retriever.
 
 Layouts:
 - ``prefill``: the CINGS layout; the assistant turn opened with ``## Context ... ## Answer``
@@ -24,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .records import Context, Record
+from .records import Context, Record, RecordError
 from .render import Dropped, Mode, Renderer, RenderOptions, passage_text
 
 __all__ = ["DOCS", "LAYOUTS", "Prompt", "PromptBuilder", "select_docs"]
@@ -48,6 +50,17 @@ def _longest(contexts: list[Context]) -> Context:
     return max(contexts, key=lambda c: (len(c.text.split()), -contexts.index(c)))
 
 
+def _ranked(record: Record, contexts: list[Context]) -> list[Context]:
+    scored = sum(c.score is not None for c in contexts)
+    if scored == len(contexts):
+        return sorted(contexts, key=lambda c: -c.score)  # sorted is stable: ties keep file order
+    if scored:
+        where = record.source or f"record {record.id!r}"
+        raise RecordError(f"{where}: contexts: --docs topk ranks passages by 'score', but {scored} of {len(contexts)}"
+                          " passages have one; give every passage a score, or none (then file order is kept)")
+    return contexts
+
+
 def select_docs(record: Record, docs: str, ndocs: int = 1) -> tuple[Context, ...] | None:
     """The documents a record shows; None when the setting does not apply (no gold passage)."""
     if docs not in DOCS:
@@ -59,7 +72,7 @@ def select_docs(record: Record, docs: str, ndocs: int = 1) -> tuple[Context, ...
     if docs == "none":
         return ()
     if docs == "topk":
-        return tuple(contexts[:ndocs])
+        return tuple(_ranked(record, contexts)[:ndocs])
     if not gold:
         return None
     if docs == "gold":
