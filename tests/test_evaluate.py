@@ -73,3 +73,11 @@ entries:
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "| gold" in report or "gold" in report.splitlines()[2]
     assert (tmp_path / "eval" / "report.png").stat().st_size > 1000
+
+
+def test_the_metrics_file_keeps_full_precision(tmp_path):
+    rows = [{"id": str(i), "prediction": "Paris" if i < 3 else "Lyon", "answers": ["Paris"]} for i in range(7)]
+    _, table = evaluate_file(write(tmp_path, rows), tmp_path / "m.json", bootstrap=100)
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["acc"] == 100 * 3 / 7 and any(round(x, 4) != x for x in saved["acc_ci"])
+    assert "42.9 [" in table.read_text()

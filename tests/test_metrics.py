@@ -371,3 +371,10 @@ def test_markdown_table():
     lines = side.splitlines()
     assert lines[0] == "| metric | base | cings |" and lines[1] == "|---|---:|---:|"
     assert "| acc | 51.2 [48.1, 54.3] | 75.0 |" in lines and "| f1 | – | 75.0 |" in lines
+
+
+def test_figures_keep_full_precision_and_only_tables_round():
+    out = score_predictions(_rows([1, 0, 0, 1, 0, 1, 0]), bootstrap=200)
+    assert out["acc"] == 100 * 3 / 7  # 42.857142857142854, not 42.8571
+    assert any(round(x, 4) != x for x in out["acc_ci"])
+    assert "| acc | 42.9 [" in metrics_table_markdown(out)

@@ -150,8 +150,11 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 def _summarise(columns: dict[str, list[float]], n: int, bootstrap: int, seed: int) -> dict[str, Any]:
-    """Mean x 100 of each column and, with ``bootstrap`` > 0, its 95% percentile interval (rows resampled jointly)."""
-    out: dict[str, Any] = {k: (round(100 * sum(v) / n, 4) if n else None) for k, v in columns.items()}
+    """Mean x 100 of each column and, with ``bootstrap`` > 0, its 95% percentile interval (rows resampled jointly).
+
+    Unrounded: files keep full precision, and only tables (``format_cell``) round.
+    """
+    out: dict[str, Any] = {k: (100 * sum(v) / n if n else None) for k, v in columns.items()}
     if bootstrap > 0 and n:
         rng, population = random.Random(seed), range(n)
         means: dict[str, list[float]] = {k: [] for k in columns}
@@ -161,7 +164,7 @@ def _summarise(columns: dict[str, list[float]], n: int, bootstrap: int, seed: in
                 means[k].append(sum(map(col.__getitem__, idx)) / n)
         for k, values in means.items():
             values.sort()
-            out[f"{k}_ci"] = [round(100 * _percentile(values, 0.025), 4), round(100 * _percentile(values, 0.975), 4)]
+            out[f"{k}_ci"] = [100 * _percentile(values, 0.025), 100 * _percentile(values, 0.975)]
     return out
 
 
