@@ -1,14 +1,11 @@
-"""`cings evaluate` on prediction files, and `cings eval-suite` end to end on a tiny model."""
+"""`cings evaluate` on prediction files: metrics, and clear errors for bad files."""
 
 import json
 
 import pytest
 
-from cings.cli import main
 from cings.evaluate import evaluate_file, read_predictions
-from cings.records import Context, Record, RecordError, write_records
-
-from .conftest import build_tiny_bpe
+from cings.records import RecordError
 
 
 def write(tmp_path, rows, name="pred.jsonl"):
@@ -39,40 +36,6 @@ def test_bad_prediction_files_are_clear_errors(tmp_path):
     empty.write_text("")
     with pytest.raises(RecordError, match="no predictions"):
         read_predictions(empty)
-
-
-def test_eval_suite_runs_every_entry_and_writes_report_and_chart(tmp_path, capsys):
-    from cings.config import load_config
-    from cings.train import train
-
-    tok_dir = tmp_path / "tok"
-    build_tiny_bpe().save_pretrained(tok_dir)
-    records = [Record(id=f"r{i}", instruction=f"Question {i}?", response="Paris", answers=("Paris",),
-                      contexts=(Context(text=f"Paris is it {i}.", gold=True), Context(text="Noise.", gold=False)))
-               for i in range(6)]
-    data = tmp_path / "records.jsonl"
-    write_records(records, data)
-    train(load_config(None, dict(model_config={"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
-                                               "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2},
-                                 tokenizer=str(tok_dir), data=str(data), output_dir=str(tmp_path / "run"), max_steps=1,
-                                 global_batch_size=2, micro_batch_size=2, save_strategy="no", max_length=256)),
-          progress=False)
-    suite = tmp_path / "suite.yaml"
-    suite.write_text(f"""limit: 4
-max_new_tokens: 3
-entries:
-  - {{name: gold, data: {data}, docs: gold, prompt: prefill}}
-  - {{name: distract, data: {data}, docs: gold+distractors, ndocs: 2, prompt: input}}
-  - {{name: closed, data: {data}, docs: none, prompt: raw}}
-""")
-    assert main(["eval-suite", "--suite", str(suite), "--model", str(tmp_path / "run"),
-                 "--output-dir", str(tmp_path / "eval")]) == 0
-    for name in ("gold", "distract", "closed"):
-        metrics = json.loads((tmp_path / "eval" / name / "metrics.json").read_text())
-        assert metrics["n"] == 4
-    report = (tmp_path / "eval" / "report.md").read_text()
-    assert "| gold" in report or "gold" in report.splitlines()[2]
-    assert (tmp_path / "eval" / "report.png").stat().st_size > 1000
 
 
 def test_the_metrics_file_keeps_full_precision(tmp_path):

@@ -174,7 +174,8 @@ def _add_eval_commands(sub) -> None:
 
     suite = sub.add_parser("eval-suite", help="run a YAML list of (dataset, docs, layout) for one model; one report",
                            description="Generate and evaluate a suite of settings, then compare them in one report.")
-    suite.add_argument("--suite", help="suite YAML (default: configs/eval/default.yaml, the shared data files)")
+    suite.add_argument("--suite", help="suite YAML; relative data paths are read from its folder (default: the"
+                                       " packaged suite over the repository's examples/ slices, as configs/eval/default.yaml)")
     suite.add_argument("--model")
     suite.add_argument("--adapter")
     suite.add_argument("--gguf-file", "--gguf_file")
@@ -182,7 +183,8 @@ def _add_eval_commands(sub) -> None:
     suite.add_argument("--limit", type=int, help="records per dataset (overrides the suite)")
     suite.add_argument("--batch-size", "--batch_size", type=int, default=8)
     suite.add_argument("--max-new-tokens", "--max_new_tokens", type=int)
-    suite.add_argument("--resume", action="store_true")
+    suite.add_argument("--resume", action="store_true", help="add the missing ids to existing predictions (same settings)")
+    suite.add_argument("--overwrite", action="store_true", help="replace existing predictions in --output-dir")
     suite.set_defaults(func=cmd_eval_suite)
 
     demo = sub.add_parser("demo", help="the main job: SmolLM2 CINGS-trained against its baselines, evaluated, reported",
@@ -271,11 +273,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_suite(args: argparse.Namespace) -> int:
-    from .evaluate import run_suite
+    from .suite import run_suite
 
     report = run_suite(args.suite, model=args.model, adapter=args.adapter, gguf_file=args.gguf_file,
                        output_dir=args.output_dir, limit=args.limit, batch_size=args.batch_size,
-                       max_new_tokens=args.max_new_tokens, resume=args.resume)
+                       max_new_tokens=args.max_new_tokens, resume=args.resume, overwrite=args.overwrite)
     print(f"cings eval-suite: wrote {report}", file=sys.stderr)
     return 0
 

@@ -132,9 +132,9 @@ def window_context(text: str, start: int, answer: str, max_chars: int) -> str | 
 
 def build_data(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     from .counterfactual import make_counterfactual
-    from .evaluate import _spread_sample
     from .prepare import prepare
     from .splits import split_records
+    from .suite import spread_sample as _spread_sample
 
     src = Path(cfg.data_dir)
     squad, _ = prepare("squad", [src / "squad_dev_v1.1.json.gz"])
