@@ -120,3 +120,12 @@ entries:
                      "--output-dir", str(tmp_path / "eval"), flag]) == 0
         rows = (tmp_path / "eval" / "gold" / "predictions.jsonl").read_text().splitlines()
         assert len(rows) == 4 and json.loads(rows[0])["settings"]["dataset"] == "gold"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "eval").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_suite_loads_and_opens_with_its_command(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# cings eval-suite --suite configs/eval/" + path.name), first
+    if "shared/data" in path.read_text() and not (ROOT.parent / "shared" / "data").is_dir():
+        pytest.skip("the shared data folder is not beside the checkout")
+    assert all(e.data.is_file() for e in load_suite(path).entries)
