@@ -44,3 +44,37 @@ def test_the_metrics_file_keeps_full_precision(tmp_path):
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["acc"] == 100 * 3 / 7 and any(round(x, 4) != x for x in saved["acc_ci"])
     assert "42.9 [" in table.read_text()
+
+
+def test_a_repeated_id_is_refused_naming_both_lines(tmp_path, capsys):
+    from cings.cli import main
+
+    rows = [{"id": "a", "prediction": "x", "answers": ["x"]}, {"id": "b", "prediction": "y", "answers": ["x"]},
+            {"id": "a", "prediction": "x", "answers": ["x"]}]
+    out = tmp_path / "m.json"
+    out.write_text("old")
+    assert main(["evaluate", "--predictions", str(write(tmp_path, rows)), "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "pred.jsonl:3: id 'a' repeats line 1" in err and "Traceback" not in err
+    assert out.read_text() == "old"
+
+
+@pytest.mark.parametrize("line, said", [
+    ('{"id": "1", "prediction": "x", "answers": [42]}', "pred.jsonl:2: field 'answers' must be a list of strings; item 0 is a number"),
+    ('{"id": "1", "prediction": "x", "answers": [null]}', "pred.jsonl:2: field 'answers' must be a list of strings; item 0 is null"),
+    ('{"id": "1", "prediction": "x", "answers": "x"}', "pred.jsonl:2: field 'answers' must be a list of strings, not a string"),
+    ('{"id": "1", "prediction": "x", "answers": ["x"], "parametric_answers": [1]}',
+     "pred.jsonl:2: field 'parametric_answers' must be a list of strings; item 0 is a number"),
+    ('{"id": 1, "prediction": "x", "answers": ["x"]}', "pred.jsonl:2: field 'id' must be a string, not a number"),
+    ("null", "pred.jsonl:2: a prediction must be a JSON object, not null"),
+    ("[1, 2]", "pred.jsonl:2: a prediction must be a JSON object, not a list"),
+])
+def test_a_malformed_row_names_file_line_and_field(tmp_path, capsys, line, said):
+    from cings.cli import main
+
+    path = tmp_path / "pred.jsonl"
+    path.write_text('{"id": "0", "prediction": "x", "answers": ["x"]}\n' + line + "\n")
+    assert main(["evaluate", "--predictions", str(path), "--output", str(tmp_path / "m.json")]) == 1
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+    assert not (tmp_path / "m.json").exists()

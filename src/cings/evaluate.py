@@ -7,30 +7,53 @@ from pathlib import Path
 from typing import Any
 
 from .metrics import metrics_table_markdown, score_predictions
-from .records import RecordError
+from .records import RecordError, type_name
 
 __all__ = ["read_predictions", "evaluate_file"]
 
 
+def _strings(row: dict, key: str, where: str) -> None:
+    value = row[key]
+    if not isinstance(value, list):
+        raise RecordError(f"{where}: field '{key}' must be a list of strings, not {type_name(value)}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            # A number or null would be scored as an answer no prediction matches.
+            raise RecordError(f"{where}: field '{key}' must be a list of strings; item {i} is {type_name(item)}")
+
+
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """Checked prediction rows: an object a line with a string ``id`` seen once, a string ``prediction``
+    and ``answers`` (and any ``parametric_answers``) as lists of strings."""
     path = Path(path)
     if not path.is_file():
         raise RecordError(f"{path}: no such file")
     rows = []
+    seen: dict[str, int] = {}
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
+        where = f"{path}:{lineno}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise RecordError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+            raise RecordError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(row, dict):
+            raise RecordError(f"{where}: a prediction must be a JSON object, not {type_name(row)}")
         for key in ("id", "prediction", "answers"):
             if key not in row:
-                raise RecordError(f"{path}:{lineno}: field '{key}' is missing")
+                raise RecordError(f"{where}: field '{key}' is missing")
+        if not isinstance(row["id"], str):
+            raise RecordError(f"{where}: field 'id' must be a string, not {type_name(row['id'])}")
         if not isinstance(row["prediction"], str):
-            raise RecordError(f"{path}:{lineno}: field 'prediction' must be a string")
-        if not isinstance(row["answers"], list):
-            raise RecordError(f"{path}:{lineno}: field 'answers' must be a list of strings")
+            raise RecordError(f"{where}: field 'prediction' must be a string")
+        _strings(row, "answers", where)
+        if row.get("parametric_answers") is not None:
+            _strings(row, "parametric_answers", where)
+        if row["id"] in seen:
+            # Counted twice, it would weigh twice in every metric.
+            raise RecordError(f"{where}: id {row['id']!r} repeats line {seen[row['id']]}")
+        seen[row["id"]] = lineno
         rows.append(row)
     if not rows:
         raise RecordError(f"{path}: no predictions (the file is empty)")
