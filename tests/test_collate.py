@@ -40,3 +40,32 @@ def test_a_batch_with_no_trained_token_fails_loudly():
 def test_pad_id_falls_back_to_eos(llama3, qwen3):
     assert pad_id_for(llama3) == llama3.convert_tokens_to_ids("<|eot_id|>")
     assert pad_id_for(qwen3) == qwen3.convert_tokens_to_ids("<|endoftext|>")
+
+
+def test_packing_flattens_a_batch_with_the_one_ignore_index():
+    from cings.collate import PackingCollator, make_collator
+    from cings.masking import IGNORE_INDEX
+
+    rows = [{"input_ids": [5, 6, 7], "labels": [IGNORE_INDEX, 6, 7]}, {"input_ids": [8, 9], "labels": [IGNORE_INDEX, 9]}]
+    batch = make_collator(0, packing=True)(rows)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]  # restart per sequence: no attention across
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9]]
+    with pytest.raises(ValueError, match=f"every label is {IGNORE_INDEX}"):
+        PackingCollator()([{"input_ids": [1, 2], "labels": [IGNORE_INDEX, IGNORE_INDEX]}])
+    assert isinstance(make_collator(0), Collator)
+
+
+def test_no_training_module_spells_the_ignore_index_itself():
+    """-100 in code is masking.IGNORE_INDEX; a second spelling could drift from the one the labels use."""
+    import io
+    import tokenize
+
+    from .conftest import ROOT
+
+    for name in ("collate.py", "trainer.py", "train.py", "runs.py", "dataset.py"):
+        source = (ROOT / "src" / "cings" / name).read_text()
+        tokens = [t for t in tokenize.generate_tokens(io.StringIO(source).readline)
+                  if t.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)]
+        spelled = [a.start[0] for a, b in zip(tokens, tokens[1:]) if a.string == "-" and b.string == "100"]
+        assert not spelled, f"{name}: lines {spelled}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import torch
 from cings.config import ConfigError, load_config
 from cings.records import Context, Record, write_records
 from cings.render import Renderer, RenderOptions
-from cings.train import last_complete_checkpoint, train
+from cings.runs import last_complete_checkpoint
+from cings.train import train
 
 from .conftest import ROOT, build_tiny_bpe, build_tiny_sentencepiece
 
@@ -95,8 +97,8 @@ def hand_ce(model, rows) -> tuple[torch.Tensor, int]:
 def test_trainer_loss_equals_cross_entropy_over_exactly_the_trained_tokens(tmp_path, packing):
     from transformers import AutoConfig, AutoModelForCausalLM, TrainingArguments
 
-    from cings.collate import pad_id_for
-    from cings.trainer import CingsTrainer, make_collator
+    from cings.collate import make_collator, pad_id_for
+    from cings.trainer import CingsTrainer
 
     tok = build_tiny_bpe()
     renderer = Renderer(tok, RenderOptions(mode="context", system_prompt=None))
@@ -177,7 +179,7 @@ def test_a_resumed_run_ends_with_the_same_weights(tmp_path, tok_dir, data_file):
     # A kill while saving leaves a checkpoint folder without trainer_state.json: not resumed from.
     (tmp_path / "cut" / "checkpoint-5").mkdir()
     (tmp_path / "cut" / "checkpoint-5" / "adapter_model.safetensors").write_bytes(b"half")
-    assert last_complete_checkpoint(tmp_path / "cut").endswith("checkpoint-3")
+    assert last_complete_checkpoint(tmp_path / "cut").name == "checkpoint-3"
     result = train(config(tok_dir, data_file, tmp_path / "cut", resume=True, **common), progress=False)
     assert result["global_step"] == 6
     # The record of the examples trained, in order, continues across the kill and matches the whole run's.
@@ -188,6 +190,104 @@ def test_a_resumed_run_ends_with_the_same_weights(tmp_path, tok_dir, data_file):
     # fp32 on CPU, same data order (the trainer skips the batches already seen): equal to rounding.
     for name, tensor in whole.items():
         assert torch.allclose(tensor, resumed[name], atol=1e-6, rtol=0), name
+
+
+class KilledAt:
+    """Ends training after step k without saving, as a kill would (the checkpoints before k stay)."""
+
+    def __init__(self, k):
+        from transformers import TrainerCallback
+
+        class _Kill(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == k:
+                    control.should_training_stop = True
+
+        self.callback = _Kill()
+
+
+def test_after_a_resume_every_step_is_logged_once(tmp_path, tok_dir, data_file):
+    common = dict(max_steps=6, save_strategy="steps", save_steps=3, num_epochs=3)
+    train(config(tok_dir, data_file, tmp_path, **common), callbacks=[KilledAt(5).callback], progress=False)
+    for name in ("checkpoint-4", "model.safetensors", "cings_data.json"):  # what the kill would not have left
+        target = tmp_path / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    result = train(config(tok_dir, data_file, tmp_path, resume=True, **common), progress=False)
+    assert result["global_step"] == 6
+    rows = [json.loads(line) for line in (tmp_path / "loss_log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6], steps  # 4 and 5 were trained twice (replayed from checkpoint-3)
+    assert len([r for r in rows if "train_runtime" in r]) == 1
+
+
+def test_resume_refuses_a_changed_recipe_naming_every_change(tmp_path, tok_dir, data_file):
+    common = dict(max_steps=2, save_strategy="steps", save_steps=1)
+    train(config(tok_dir, data_file, tmp_path / "run", **common), progress=False)
+    with pytest.raises(ConfigError) as caught:
+        train(config(tok_dir, data_file, tmp_path / "run", resume=True, learning_rate=2e-2, mode="no_mask",
+                     lora=True, **common), progress=False)
+    message = str(caught.value)
+    for part in ("learning_rate: 0.01 -> 0.02", "mode: 'context' -> 'no_mask'", "lora: False -> True", "--overwrite"):
+        assert part in message, message
+    assert "max_steps" not in message.split("A resume may change")[0]
+    # the same file name, other content
+    other = tmp_path / "train.jsonl"
+    write_records(memorable_records(7), other)
+    with pytest.raises(ConfigError, match=r"data: .*train\.jsonl.*; data sha256: [0-9a-f]{12} -> [0-9a-f]{12}"):
+        train(config(tok_dir, str(other), tmp_path / "run", resume=True, **common), progress=False)
+    # another tokenizer
+    sp = tmp_path / "sp"
+    build_tiny_sentencepiece().save_pretrained(sp)
+    with pytest.raises(ConfigError, match=r"tokenizer: .*tokenizer vocabulary sha256"):
+        train(config(str(sp), data_file, tmp_path / "run", resume=True, chat_template="chatml", **common), progress=False)
+    # more steps, other logging and saving: the same run, continued
+    result = train(config(tok_dir, data_file, tmp_path / "run", resume=True, **{**common, "max_steps": 3, "save_steps": 2},
+                          logging_steps=2), progress=False)
+    assert result["global_step"] == 3
+
+
+def test_a_run_folder_is_never_trained_into_unasked(tmp_path, tok_dir, data_file, capsys):
+    from cings.cli import main
+
+    out = tmp_path / "run"
+    common = dict(max_steps=2, save_strategy="steps", save_steps=1)
+    train(config(tok_dir, data_file, out, **common), progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(ConfigError, match=r"holds a finished cings run: pass --resume to continue it or --overwrite"):
+        train(config(tok_dir, data_file, out, **common), progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    # a partial run (killed before it finished) too
+    (out / "cings_data.json").unlink()
+    (out / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match=r"holds a partial \(unfinished\) cings run"):
+        train(config(tok_dir, data_file, out, **common), progress=False)
+    # --overwrite replaces it: no old checkpoint, loss log or data order survives
+    result = train(config(tok_dir, data_file, out, overwrite=True, max_steps=1, save_strategy="no"), progress=False)
+    assert result["global_step"] == 1
+    assert not list(out.glob("checkpoint-*"))
+    assert [json.loads(line)["step"] for line in (out / "loss_log.jsonl").read_text().splitlines()] == [1, 1]
+    # ... but never a file that no cings run wrote
+    (out / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in out.iterdir())
+    capsys.readouterr()
+    code = main(["train", "--model-config", json.dumps(TINY), "--tokenizer", tok_dir, "--data", data_file,
+                 "--output-dir", str(out), "--max-steps", "1", "--global-batch-size", "4", "--micro-batch-size", "2",
+                 "--system-prompt", "", "--max-length", "256", "--overwrite", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "notes.txt" in err and str(out) in err and "Traceback" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == before
+    # an empty folder, or one that holds no run, just works
+    (tmp_path / "empty").mkdir()
+    assert train(config(tok_dir, data_file, tmp_path / "empty", max_steps=1), progress=False)["global_step"] == 1
+
+
+def test_records_dropped_as_too_long_are_reported(tmp_path, tok_dir, capsys):
+    data = tmp_path / "mixed.jsonl"
+    long = Record(id="long", instruction="Tell me all " * 80 + "?", contexts=(Context(text="Words."),), response="All.")
+    write_records([*memorable_records(4), long], data)
+    train(config(tok_dir, str(data), tmp_path / "o", max_steps=1), progress=False)
+    err = capsys.readouterr().err
+    assert "examples in 5, out 4; dropped 1 (too_long: 1)" in err, err
 
 
 # ---------------------------------------------------------------- start-up errors
@@ -246,15 +346,69 @@ def test_batch_sizes_must_divide(tmp_path, tok_dir, data_file):
         train(config(tok_dir, data_file, tmp_path / "o", global_batch_size=6, micro_batch_size=4), progress=False)
 
 
-def test_tokenized_folder_is_checked_against_the_recipe(tmp_path, tok_dir, data_file):
+def tokenize(data_file, tok_dir, output, *flags):
     from cings.cli import main
 
-    assert main(["tokenize", "--input", data_file, "--tokenizer", tok_dir, "--mode", "no_mask", "--system-prompt", "",
-                 "--output", str(tmp_path / "tok"), "--no-progress"]) == 0
-    with pytest.raises(ConfigError, match="tokenized in mode 'no_mask', the recipe says 'context'"):
-        train(config(tok_dir, str(tmp_path / "tok"), tmp_path / "o"), progress=False)
-    result = train(config(tok_dir, str(tmp_path / "tok"), tmp_path / "o", mode="no_mask", max_steps=2), progress=False)
+    assert main(["tokenize", "--input", data_file, "--tokenizer", tok_dir, "--system-prompt", "", "--max-length", "256",
+                 *flags, "--output", str(output), "--no-progress"]) == 0
+    return str(output)
+
+
+def test_tokenized_folder_is_checked_against_the_recipe(tmp_path, tok_dir, data_file):
+    folder = tokenize(data_file, tok_dir, tmp_path / "tok", "--mode", "no_mask")
+    with pytest.raises(ConfigError, match="mode: 'no_mask' -> 'context'"):
+        train(config(tok_dir, folder, tmp_path / "o"), progress=False)
+    result = train(config(tok_dir, folder, tmp_path / "o", mode="no_mask", max_steps=2), progress=False)
     assert result["global_step"] == 2
+
+
+def test_tokenized_data_names_every_render_difference(tmp_path, tok_dir, data_file):
+    folder = tokenize(data_file, tok_dir, tmp_path / "tok", "--system-prompt", "Be brief.", "--train-markers",
+                      "--max-length", "200")
+    with pytest.raises(ConfigError) as caught:
+        train(config(tok_dir, folder, tmp_path / "o"), progress=False)
+    message = str(caught.value)
+    for part in ("system_prompt: 'Be brief.' -> None", "train_markers: True -> False", "max_length: 200 -> 256",
+                 "tokenize it again"):
+        assert part in message, message
+    assert "vocabulary" not in message and "chat template" not in message
+
+
+def test_tokenized_data_of_another_tokenizer_or_template_is_refused(tmp_path, tok_dir, data_file):
+    """Trained on silently before: other ids (a wrong loss) or ids past the embeddings (IndexError)."""
+    other = tmp_path / "other_tok"
+    build_tiny_sentencepiece().save_pretrained(other)
+    folder = tokenize(data_file, str(other), tmp_path / "tok", "--chat-template", "chatml")
+    with pytest.raises(ConfigError, match=r"tokenizer vocabulary sha256: [0-9a-f]{12} -> [0-9a-f]{12}"):
+        train(config(tok_dir, folder, tmp_path / "o"), progress=False)
+    folder = tokenize(data_file, tok_dir, tmp_path / "tok_llama2", "--chat-template", "llama2-chat")
+    with pytest.raises(ConfigError, match=r"chat_template: 'llama2-chat' -> None; chat template sha256"):
+        train(config(tok_dir, folder, tmp_path / "o"), progress=False)
+
+
+@pytest.mark.parametrize("name", ["llama3_1", "qwen3"])
+def test_a_real_tokenizers_folder_is_refused_by_another_recipe(tmp_path, tok_dir, data_file, name):
+    from .conftest import TOKENIZERS
+
+    if not (TOKENIZERS / name / "tokenizer.json").is_file():
+        pytest.skip(f"real tokenizer {name!r} not available: {TOKENIZERS / name} is absent")
+    folder = tokenize(data_file, str(TOKENIZERS / name), tmp_path / "tok")
+    with pytest.raises(ConfigError, match="tokenizer vocabulary sha256"):
+        train(config(tok_dir, folder, tmp_path / "o"), progress=False)
+
+
+def test_the_jsonl_output_of_tokenize_trains_like_the_folder(tmp_path, tok_dir, data_file):
+    from safetensors.torch import load_file
+
+    common = dict(max_steps=2, mode="no_mask")
+    as_jsonl = tokenize(data_file, tok_dir, tmp_path / "x.tok.jsonl", "--mode", "no_mask")
+    as_folder = tokenize(data_file, tok_dir, tmp_path / "x.tok", "--mode", "no_mask")
+    train(config(tok_dir, as_jsonl, tmp_path / "a", **common), progress=False)
+    train(config(tok_dir, as_folder, tmp_path / "b", **common), progress=False)
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="mode: 'no_mask' -> 'context'"):
+        train(config(tok_dir, as_jsonl, tmp_path / "c", max_steps=2), progress=False)
 
 
 # ---------------------------------------------------------------- shipped recipes

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-__all__ = ["Collator", "pad_batch", "pad_id_for", "IGNORE_INDEX"]
+from .masking import IGNORE_INDEX
 
-IGNORE_INDEX = -100
+__all__ = ["Collator", "PackingCollator", "make_collator", "pad_batch", "pad_id_for"]
 
 
 def pad_id_for(tokenizer: Any) -> int:
@@ -51,7 +51,7 @@ def pad_batch(features: Sequence[dict[str, Sequence[int]]], pad_token_id: int, *
     if any("labels" in f for f in features):
         # A batch with nothing to learn gives a silent zero loss (anchors.md §3): fail loudly instead.
         if require_trained and not bool((labels != IGNORE_INDEX).any()):
-            raise ValueError("a batch with no trained tokens: every label is -100")
+            raise ValueError(f"a batch with no trained tokens: every label is {IGNORE_INDEX}")
         batch["labels"] = labels
     return batch
 
@@ -67,3 +67,27 @@ class Collator:
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return pad_batch(features, self.pad_token_id, padding_side=self.padding_side,
                          pad_to_multiple_of=self.pad_to_multiple_of)
+
+
+class PackingCollator:
+    """Padding-free packing: a micro batch becomes one row, position ids restart per sequence.
+
+    transformers' ``DataCollatorWithFlattening`` does the flattening; its separator label (IGNORE_INDEX) at
+    each sequence start keeps a sequence from being predicted from the one before it. Our labels
+    are already IGNORE_INDEX there (the prompt), so no trained token is lost.
+    """
+
+    def __init__(self) -> None:
+        from transformers import DataCollatorWithFlattening
+
+        self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.flatten([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+        if not bool((batch["labels"] != IGNORE_INDEX).any()):
+            raise ValueError(f"a batch with no trained tokens: every label is {IGNORE_INDEX}")
+        return batch
+
+
+def make_collator(pad_token_id: int, *, packing: bool = False):
+    return PackingCollator() if packing else Collator(pad_token_id=pad_token_id)

@@ -12,8 +12,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "SEED_ALIASES", "add_train_arguments", "config_from_args",
-           "dump_config"]
+__all__ = ["TrainConfig", "ConfigError", "load_config", "SEED_ALIASES", "add_train_arguments", "add_dataclass_arguments",
+           "config_from_args", "dump_config", "strict_bool", "json_object"]
 
 PAPER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -46,7 +46,7 @@ class TrainConfig:
     train_markers: bool = _f(False, "also train '## Answer' in context mode")
     allow_no_context: bool = _f(False, "train records without contexts without context (mixtures)")
     template_kwargs: dict = _f({"enable_thinking": False}, "extra chat-template variables")
-    output_dir: str = _f("runs/cings", "where the HF model, checkpoints, logs and cings_config.yaml go")
+    output_dir: str = _f("runs/cings", "where the HF model, checkpoints, logs and the recorded recipe go")
     # fine-tuning method
     lora: bool = _f(False, "train a LoRA adapter (peft) instead of all weights")
     lora_r: int = _f(16, "LoRA rank")
@@ -78,7 +78,9 @@ class TrainConfig:
     save_strategy: str = _f("epoch", "checkpoint every epoch, every save_steps (steps), or never (no)")
     save_steps: int = _f(500, "with save_strategy steps")
     save_total_limit: int | None = _f(None, "keep only the last N checkpoints")
-    resume: bool = _f(False, "resume from the last checkpoint in output_dir")
+    resume: bool = _f(False, "resume from the last complete checkpoint in output_dir (the recipe must match the run's)")
+    overwrite: bool = _f(False, "replace the cings run in output_dir: removes only what a cings run wrote there,"
+                         " and refuses a folder that holds other files")
     report_to: list = _f([], "extra loggers: tensorboard, wandb")
     num_proc: int | None = _f(None, "processes for tokenization")
     dataloader_num_workers: int = _f(0, "data loader workers")
@@ -205,6 +207,79 @@ def dump_config(config: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(asdict(config), sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
+def strict_bool(value: str) -> bool:
+    """Parse true/false strictly: the reference CLI read 'false' as a truthy string."""
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
+
+
+def json_object(value: str) -> dict:
+    import json
+
+    try:
+        obj = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
+    if not isinstance(obj, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"enable_thinking\": false}'")
+    return obj
+
+
+def _number(kind: type, optional: bool):
+    def parse(value: str):
+        if optional and value.strip().lower() in ("none", "null"):
+            return None
+        try:
+            return kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'},"
+                                             f" not {value!r}") from None
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _default_text(value: Any) -> str:
+    from enum import Enum
+
+    if isinstance(value, Enum):
+        value = value.value
+    elif isinstance(value, tuple) and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+        value = dict(value)  # key-value pairs kept hashable in a frozen dataclass
+    return repr(value)
+
+
+def add_dataclass_arguments(parser: Any, cls: type, *, aliases: dict[str, list[str]] | None = None,
+                            custom: dict[str, dict[str, Any]] | None = None) -> None:
+    """One flag per field of the dataclass ``cls``, help from the field's ``metadata["help"]`` and its default.
+
+    Each field gets ``--dashed-name`` and ``--underscored_name`` (and its ``aliases``); booleans take
+    an optional true/false, numbers and JSON objects are parsed, strings and lists (comma-separated)
+    stay text. Every flag defaults to None, so what was not given is left to the recipe or the
+    dataclass's default. ``custom`` overrides the argparse settings of single fields.
+    """
+    aliases, custom = aliases or {}, custom or {}
+    for f in fields(cls):
+        names = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else []) + aliases.get(f.name, [])
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None,
+                                  "help": f"{f.metadata.get('help', '')} (default: {_default_text(default)})"}
+        annotation = str(f.type)
+        kind = next((k for k in ("bool", "int", "float", "dict") if annotation.startswith(k)), None)
+        if kind == "bool":
+            kwargs.update(type=strict_bool, nargs="?", const=True, metavar="BOOL")
+        elif kind in ("int", "float"):
+            kwargs.update(type=_number(int if kind == "int" else float, "None" in annotation),
+                          metavar="N" if kind == "int" else "X")
+        elif kind == "dict":
+            kwargs.update(type=json_object, metavar="JSON")
+        kwargs.update(custom.get(f.name, {}))
+        parser.add_argument(*names, **kwargs)
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "--training-argument", "--training_argument", dest="config",
                         help="YAML recipe (configs/*.yaml); flags override it")
@@ -213,29 +288,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     for seed, ours in SEED_ALIASES.items():
         if seed != ours and ours != "config":
             aliases.setdefault(ours, []).append(f"--{seed}")
-    for f in fields(TrainConfig):
-        names = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else []) + aliases.get(f.name, [])
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f"{f.metadata['help']} (default: {default!r})"}
-        if isinstance(default, bool):
-            kwargs.update(nargs="?", const="true", metavar="BOOL")
-        elif isinstance(default, (dict,)) or f.name == "model_config":
-            kwargs.update(type=_json_arg, metavar="JSON")
-        group.add_argument(*names, **kwargs)
-    group.add_argument("--full", dest="lora", action="store_const", const="false", help="train all weights (no LoRA)")
-    group.add_argument("--model-use-peft", "--model_use_peft", dest="lora", action="store_const", const="true",
+    add_dataclass_arguments(group, TrainConfig, aliases=aliases)
+    group.add_argument("--full", dest="lora", action="store_const", const=False, help="train all weights (no LoRA)")
+    group.add_argument("--model-use-peft", "--model_use_peft", dest="lora", action="store_const", const=True,
                        help="the seed's flag for --lora")
     for flag in SEED_LAUNCH_FLAGS:
         parser.add_argument(f"--{flag}", action="store_true", help=argparse.SUPPRESS)
-
-
-def _json_arg(value: str) -> Any:
-    import json
-
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

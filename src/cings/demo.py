@@ -232,13 +232,17 @@ def _train_config(cfg: DemoConfig, mode: str, data: Path, out: Path, precision: 
 
 
 def _train(cfg: DemoConfig, mode: str, data: Path, out: Path, precision: str, key: str) -> dict:
-    from .train import last_complete_checkpoint, train
+    from . import runs
+    from .train import train
 
     _fresh_unless_same(out, key)  # checkpoints of another recipe are never resumed from
     tc = _train_config(cfg, mode, data, out, precision)
-    tc.resume = last_complete_checkpoint(out) is not None
+    run = runs.load_run(out)
+    tc.resume = run is not None and run.last_complete_checkpoint is not None
+    if run is not None and not tc.resume:  # killed before its first checkpoint: nothing to resume
+        runs.remove_run(out, keep=("demo_stage_key",))
     result = train(tc, progress=True)
-    info = json.loads((out / "cings_data.json").read_text())
+    info = runs.load_run(out).data
     return {"mode": mode, "steps": result["global_step"], "seed": tc.seed, "learning_rate": tc.learning_rate,
             "data_order": result["data_order"], "trained_tokens": info["train"].get("trained_tokens"),
             "tokens": info["train"].get("tokens"), "train_loss": result["metrics"].get("train_loss"),

@@ -8,14 +8,14 @@ truncation or row filtering by the trainer). Distribution (DDP, FSDP, DeepSpeed)
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ConfigError, TrainConfig, dump_config
+from .config import ConfigError, TrainConfig
 
 __all__ = ["train", "build_datasets", "load_model", "load_tokenizer_for", "render_options_for", "TrainResult"]
 
@@ -129,36 +129,48 @@ def apply_lora(model: Any, cfg: TrainConfig):
 
 
 def _load_split(path: str, renderer: Any, cfg: TrainConfig, progress: bool):
-    """Records (.jsonl) are tokenized here; a `cings tokenize` folder is checked against the recipe."""
+    """Records (.jsonl) are tokenized here; `cings tokenize` output must match what the recipe would make."""
     from .dataset import TokenizeStats, tokenize_file
+    from .runs import check_tokenized, tokenized_manifest
 
     source = Path(path)
-    if source.is_dir():
+    if not source.exists():
+        raise ConfigError(f"data {path}: no such file")
+    if source.is_dir() or tokenized_manifest(source).is_file():
         import datasets
 
-        manifest_path = source / "cings_stats.json"
-        if not manifest_path.is_file():
-            raise ConfigError(f"data {path}: a folder must come from `cings tokenize` (no cings_stats.json)")
-        manifest = json.loads(manifest_path.read_text())
-        made = manifest.get("options", {})
-        if made.get("mode") != renderer.options.mode.value:
-            raise ConfigError(f"data {path} was tokenized in mode {made.get('mode')!r}, the recipe says"
-                              f" {renderer.options.mode.value!r}")
-        dataset = datasets.load_from_disk(str(source))
-        too_long = sum(1 for n in map(len, dataset["input_ids"]) if n > cfg.max_length)
-        if too_long:
-            raise ConfigError(f"data {path}: {too_long} rows are longer than max_length {cfg.max_length}")
+        manifest = check_tokenized(source, renderer)
+        dataset = datasets.load_from_disk(str(source)) if source.is_dir() else _tokenized_jsonl(source)
         stats = TokenizeStats(**{k: v for k, v in manifest.get("stats", {}).items() if k in TokenizeStats.__annotations__})
         return dataset, stats
-    if not source.is_file():
-        raise ConfigError(f"data {path}: no such file")
     return tokenize_file(source, renderer, num_proc=cfg.num_proc, progress=progress)
 
 
-def build_datasets(cfg: TrainConfig, tokenizer: Any, progress: bool = True):
+def _tokenized_jsonl(path: Path):
+    """The ``{id, input_ids, labels}`` lines `cings tokenize` writes to a .jsonl output."""
+    import json
+
+    import datasets
+
+    columns: dict[str, list] = {"id": [], "input_ids": [], "labels": []}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ConfigError(f"{path}:{number}: not JSON ({err.msg}, column {err.colno})") from None
+                if not isinstance(row, dict) or any(k not in row for k in columns):
+                    raise ConfigError(f"{path}:{number}: not a line of `cings tokenize` (id, input_ids, labels)")
+                for key in columns:
+                    columns[key].append(row[key])
+    return datasets.Dataset.from_dict(columns)
+
+
+def build_datasets(cfg: TrainConfig, tokenizer: Any, progress: bool = True, renderer: Any = None):
     from .render import Renderer
 
-    renderer = Renderer(tokenizer, render_options_for(cfg))
+    renderer = renderer or Renderer(tokenizer, render_options_for(cfg))
     train_set, stats = _load_split(cfg.data, renderer, cfg, progress)
     if len(train_set) == 0:
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(stats.dropped.items())) or "the file has no records"
@@ -179,22 +191,6 @@ def build_datasets(cfg: TrainConfig, tokenizer: Any, progress: bool = True):
     return train_set, eval_set, stats, renderer
 
 
-def last_complete_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest ``checkpoint-N`` that was written to the end.
-
-    The Trainer writes ``trainer_state.json`` last; a run killed while saving leaves a folder
-    without it, and resuming from that folder would fail (or worse, load half a state).
-    """
-    import re
-
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir()
-             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / "trainer_state.json").is_file()]
-    return str(max(found)[1]) if found else None
-
-
 class TrainResult(dict):
     """What a run produced: output_dir, metrics, data stats."""
 
@@ -203,15 +199,25 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
     """Run one training job; returns where the model went and the final metrics."""
     from transformers import TrainingArguments
 
-    from .collate import pad_id_for
-    from .trainer import CingsTrainer, LossLogCallback, OrderRecorder, ReleaseMemoryCallback, make_collator
+    from . import runs
+    from .collate import make_collator, pad_id_for
+    from .render import Renderer
+    from .trainer import CingsTrainer, LossLogCallback, OrderRecorder, ReleaseMemoryCallback, RunFilesCallback
 
     cfg.validate()
     world = _world_size()
     accumulation = cfg.accumulation(world)
     tokenizer = load_tokenizer_for(cfg)
     bf16, fp16, dtype = _dtypes(cfg)
-    train_set, eval_set, stats, renderer = build_datasets(cfg, tokenizer, progress=progress and _is_main())
+    renderer = Renderer(tokenizer, render_options_for(cfg))
+    fingerprint = runs.data_fingerprint(cfg, renderer, world)
+    # Before the data is tokenized: a folder that cannot be trained into is refused at once.
+    resume = runs.open_output(cfg, fingerprint, main=_is_main())
+    train_set, eval_set, stats, renderer = build_datasets(cfg, tokenizer, progress=progress and _is_main(),
+                                                          renderer=renderer)
+    if _is_main():
+        for line in stats.lines():
+            print(f"cings train: data: {line}", file=sys.stderr)
 
     output_dir = Path(cfg.output_dir)
     import torch
@@ -247,32 +253,26 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
     trainer = CingsTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
         data_collator=order,
-        callbacks=[LossLogCallback(output_dir / "loss_log.jsonl"),
+        callbacks=[LossLogCallback(output_dir / runs.LOSS_LOG), RunFilesCallback(output_dir),
                    *([] if torch.cuda.is_available() else [ReleaseMemoryCallback()]), *callbacks],
         epoch_lr_decay=cfg.epoch_lr_decay, steps_per_epoch=steps_per_epoch, trained_logits_only=cfg.trained_logits_only,
     )
-    resume = None
-    if cfg.resume:
-        resume = last_complete_checkpoint(output_dir)
-        if resume is None:
-            raise ConfigError(f"--resume: no checkpoint in {output_dir}")
-    start_step = 0
-    if resume is not None:
-        state = json.loads((Path(resume) / "trainer_state.json").read_text())
-        start_step = int(state.get("global_step", 0))
+    start_step = runs.checkpoint_step(resume) if resume is not None else 0
+    info = {"train": stats.to_dict(), "chat_template_source": renderer.template_source,
+            "render_options": renderer.options.to_dict(), "world_size": world,
+            "gradient_accumulation_steps": accumulation, "steps_per_epoch": steps_per_epoch, "fingerprint": fingerprint}
+    if _is_main():
+        runs.start_run(output_dir, cfg, info)
+        if resume is not None:
+            runs.truncate_loss_log(output_dir, start_step)
     order.restart(resume is not None, start_step * accumulation)
-    outcome = trainer.train(resume_from_checkpoint=resume)
+    outcome = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     trained_order = order.summary(trainer.state.global_step * accumulation)
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(output_dir))
-        dump_config(cfg, output_dir / "cings_config.yaml")
-        data = {"train": stats.to_dict(), "chat_template_source": renderer.template_source,
-                "render_options": renderer.options.to_dict(), "world_size": world,
-                "gradient_accumulation_steps": accumulation, "steps_per_epoch": steps_per_epoch,
-                # rows of the training file in the order this process trained them (see OrderRecorder)
-                "data_order": trained_order}
-        (output_dir / "cings_data.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        # rows of the training file in the order this process trained them (see OrderRecorder)
+        runs.finish_run(output_dir, cfg, {**info, "data_order": trained_order})
     return TrainResult(output_dir=str(output_dir), metrics=dict(outcome.metrics), data=stats.to_dict(),
                        global_step=trainer.state.global_step, config=asdict(cfg),
                        data_order=trained_order)

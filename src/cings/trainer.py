@@ -9,9 +9,9 @@ from typing import Any, Sequence
 
 from transformers import Trainer, TrainerCallback
 
-from .collate import IGNORE_INDEX, Collator
+from .masking import IGNORE_INDEX
 
-__all__ = ["CingsTrainer", "LossLogCallback", "make_collator", "PackingCollator", "OrderRecorder", "ReleaseMemoryCallback", "release_memory"]
+__all__ = ["CingsTrainer", "LossLogCallback", "OrderRecorder", "ReleaseMemoryCallback", "RunFilesCallback", "release_memory"]
 
 
 class CingsTrainer(Trainer):
@@ -76,30 +76,6 @@ class CingsTrainer(Trainer):
         return self.lr_scheduler
 
 
-class PackingCollator:
-    """Padding-free packing: a micro batch becomes one row, position ids restart per sequence.
-
-    transformers' ``DataCollatorWithFlattening`` does the flattening; its separator label (-100) at
-    each sequence start keeps a sequence from being predicted from the one before it. Our labels
-    are already -100 there (the prompt), so no trained token is lost.
-    """
-
-    def __init__(self) -> None:
-        from transformers import DataCollatorWithFlattening
-
-        self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
-
-    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.flatten([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
-        if not bool((batch["labels"] != IGNORE_INDEX).any()):
-            raise ValueError("a batch with no trained tokens: every label is -100")
-        return batch
-
-
-def make_collator(pad_token_id: int, *, packing: bool = False):
-    return PackingCollator() if packing else Collator(pad_token_id=pad_token_id)
-
-
 class OrderRecorder:
     """Wraps a collator and keeps the dataset row of every example it batches, in order.
 
@@ -158,6 +134,19 @@ class LossLogCallback(TrainerCallback):
         row = {"step": state.global_step, "epoch": state.epoch, "elapsed_s": round(time.time() - self.started, 2), **logs}
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
+
+
+class RunFilesCallback(TrainerCallback):
+    """Lists what the run has written at every checkpoint, so ``--overwrite`` of a killed run removes it all."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            from .runs import record_written
+
+            record_written(self.folder)
 
 
 class ReleaseMemoryCallback(TrainerCallback):
