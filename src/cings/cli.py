@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from dataclasses import MISSING, fields
-from typing import Any, Sequence
+from dataclasses import fields
+from typing import Sequence
 
+from .config import json_object
 from .render import MODE_ALIASES, Mode, RenderOptions, parse_mode
 
-__all__ = ["main", "build_parser", "strict_bool"]
+__all__ = ["main", "build_parser"]
 
 # Flag spellings of the authors' reference code, so users can keep the commands they know.
 _FLAG_ALIASES = {"mode": ["--loss-mask-context", "--loss_mask_context"]}
-
-
-def strict_bool(value: str) -> bool:
-    """Parse true/false strictly: the reference CLI read 'false' as a truthy string."""
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
 
 
 def _mode_arg(value: str) -> Mode:
@@ -34,39 +24,16 @@ def _mode_arg(value: str) -> Mode:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _json_object(value: str) -> dict:
-    try:
-        obj = json.loads(value)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
-    if not isinstance(obj, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"enable_thinking\": false}'")
-    return obj
-
-
 def add_render_options(parser: argparse.ArgumentParser) -> None:
     """One flag per RenderOptions field (dashes and underscores both work); help comes from the field."""
-    group = parser.add_argument_group("rendering")
-    for f in fields(RenderOptions):
-        names = [f"--{f.name.replace('_', '-')}"]
-        if "_" in f.name:
-            names.append(f"--{f.name}")
-        names += _FLAG_ALIASES.get(f.name, [])
-        default = f.default if f.default is not MISSING else None
-        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", ""), "default": None}
-        if f.name == "mode":
-            kwargs.update(type=_mode_arg, metavar="MODE",
-                          help=f"{kwargs['help']}: {', '.join(m.value for m in Mode)} (aliases: {', '.join(sorted(MODE_ALIASES))})")
-        elif isinstance(default, bool):
-            kwargs.update(type=strict_bool, nargs="?", const=True, metavar="BOOL")
-        elif isinstance(default, int):
-            kwargs.update(type=int, metavar="N")
-        elif f.name == "template_kwargs":
-            kwargs.update(type=_json_object, metavar="JSON")
-        elif f.name == "numbering":
-            kwargs.update(choices=["auto", "always", "never"])
-        kwargs["help"] += f" (default: {default!r})" if f.name != "mode" else " (default: context)"
-        group.add_argument(*names, **kwargs)
+    from .config import add_dataclass_arguments
+
+    modes = f"{', '.join(m.value for m in Mode)} (aliases: {', '.join(sorted(MODE_ALIASES))})"
+    custom = {"mode": {"type": _mode_arg, "metavar": "MODE",
+                       "help": f"{RenderOptions.__dataclass_fields__['mode'].metadata['help']}: {modes} (default: context)"},
+              "template_kwargs": {"type": json_object, "metavar": "JSON"},
+              "numbering": {"choices": ["auto", "always", "never"]}}
+    add_dataclass_arguments(parser.add_argument_group("rendering"), RenderOptions, aliases=_FLAG_ALIASES, custom=custom)
 
 
 def render_options_from(args: argparse.Namespace) -> RenderOptions:
