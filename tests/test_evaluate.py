@@ -1,6 +1,7 @@
 """`cings evaluate` on prediction files: metrics, and clear errors for bad files."""
 
 import json
+import re
 
 import pytest
 
@@ -78,3 +79,19 @@ def test_a_malformed_row_names_file_line_and_field(tmp_path, capsys, line, said)
     err = capsys.readouterr().err
     assert said in err and "Traceback" not in err
     assert not (tmp_path / "m.json").exists()
+
+
+def test_a_truncated_gzip_or_non_utf8_file_is_named_by_line(tmp_path, capsys):
+    import gzip
+
+    from cings.cli import main
+
+    body = "".join(json.dumps({"id": str(i), "prediction": "Paris " * 50, "answers": ["Paris"]}) + "\n" for i in range(200))
+    whole = gzip.compress(body.encode())
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"id": "0", "prediction": "x", "answers": ["x"]}\n{"id": "1", "prediction": "caf\xe9", "answers": ["x"]}\n')
+    for path, said in ((tmp_path / "cut.jsonl.gz", r"cut\.jsonl\.gz:\d+: .*truncated"), (latin, r"latin\.jsonl:2: not UTF-8")):
+        assert main(["evaluate", "--predictions", str(path), "--output", str(tmp_path / "m.json")]) == 1
+        err = capsys.readouterr().err
+        assert re.search(said, err) and "Traceback" not in err, err

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .jsonl import RecordError, iter_jsonl
 from .metrics import metrics_table_markdown, score_predictions
-from .records import RecordError, type_name
+from .records import type_name
 
 __all__ = ["read_predictions", "evaluate_file"]
 
@@ -25,19 +26,9 @@ def _strings(row: dict, key: str, where: str) -> None:
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:
     """Checked prediction rows: an object a line with a string ``id`` seen once, a string ``prediction``
     and ``answers`` (and any ``parametric_answers``) as lists of strings."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecordError(f"{path}: no such file")
     rows = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise RecordError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+    for where, lineno, row in iter_jsonl(path):
         if not isinstance(row, dict):
             raise RecordError(f"{where}: a prediction must be a JSON object, not {type_name(row)}")
         for key in ("id", "prediction", "answers"):

@@ -7,18 +7,15 @@ This module knows nothing of tokenizers or torch.
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .jsonl import RecordError, iter_jsonl
+
 __all__ = ["Context", "Segment", "Record", "RecordError", "read_records", "parse_record", "write_records", "type_name"]
-
-
-class RecordError(ValueError):
-    """A record that breaks the format. The message starts with ``FILE:LINE:`` when known."""
 
 
 @dataclass(frozen=True)
@@ -210,32 +207,15 @@ def parse_record(obj: Any, where: str = "<record>") -> Record:
                   segments=segments, source=None if where == "<record>" else where)
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
 def read_records(path: str | Path) -> Iterator[Record]:
-    """Yield validated records from a JSON Lines file (``.gz`` allowed). Blank lines are skipped."""
-    path = Path(path)
-    if not path.exists():
-        raise RecordError(f"{path}: no such file")
+    """Yield validated records from a JSON Lines file (.gz/.bz2/.xz allowed). Blank lines are skipped."""
     seen: dict[str, int] = {}
-    with _open_text(path) as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RecordError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            record = parse_record(obj, where)
-            if record.id in seen:
-                raise _fail(where, "id", f"repeats id {record.id!r} first seen on line {seen[record.id]}")
-            seen[record.id] = lineno
-            yield record
+    for where, lineno, obj in iter_jsonl(path):
+        record = parse_record(obj, where)
+        if record.id in seen:
+            raise _fail(where, "id", f"repeats id {record.id!r} first seen on line {seen[record.id]}")
+        seen[record.id] = lineno
+        yield record
 
 
 def write_records(records: Iterable[Record], path: str | Path) -> int:

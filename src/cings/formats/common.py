@@ -7,22 +7,18 @@ records). The driver (:mod:`cings.prepare`) owns error policy, id uniqueness and
 
 from __future__ import annotations
 
-import bz2
 import csv
-import gzip
 import json
-import lzma
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from ..jsonl import COMPRESSED, iter_jsonl, json_error, read_text
 from ..records import Context, Record, RecordError, type_name
 
-__all__ = ["ConvertStats", "Reader", "RecordError", "iter_rows", "read_json_document", "open_text",
+__all__ = ["ConvertStats", "Reader", "RecordError", "iter_rows", "read_json_document",
            "require", "id_from_where", "get_str", "get_list", "optional_str", "as_answers", "context_from", "type_name"]
-
-_COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
 @dataclass
@@ -67,44 +63,25 @@ class Reader:
 def _suffixes(path: Path) -> tuple[str, str]:
     """(format suffix, compression suffix): 'x.jsonl.gz' -> ('.jsonl', '.gz')."""
     suffixes = [s.lower() for s in path.suffixes]
-    compression = suffixes[-1] if suffixes and suffixes[-1] in _COMPRESSED else ""
+    compression = suffixes[-1] if suffixes and suffixes[-1] in COMPRESSED else ""
     rest = suffixes[:-1] if compression else suffixes
     return (rest[-1] if rest else ""), compression
 
 
-def open_text(path: Path):
-    """Open a text file, decompressing .gz/.bz2/.xz; a clear error when it cannot be read."""
-    path = Path(path)
-    if not path.exists():
-        raise RecordError(f"{path}: no such file")
-    if path.is_dir():
-        raise RecordError(f"{path}: is a folder, not a file")
-    _, compression = _suffixes(path)
-    try:
-        if compression:
-            return _COMPRESSED[compression](path, "rt", encoding="utf-8")
-        return open(path, encoding="utf-8")
-    except OSError as err:
-        raise RecordError(f"{path}: cannot read ({err.strerror or err})") from None
-
-
 def _read_all(path: Path) -> str:
-    try:
-        with open_text(path) as handle:
-            return handle.read()
-    except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError) as err:
-        raise RecordError(f"{path}: cannot read ({err})") from None
+    text = read_text(path)
+    if not text.strip():
+        raise RecordError(f"{path}: the file is empty")
+    return text
 
 
 def read_json_document(path: Path) -> Any:
     """A whole JSON document (SQuAD, HotpotQA); errors name the file, line and column."""
     text = _read_all(path)
-    if not text.strip():
-        raise RecordError(f"{path}: the file is empty")
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise RecordError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+        raise json_error(f"{path}:{err.lineno}", err) from None
 
 
 def iter_rows(path: Path) -> Iterator[tuple[str, Any]]:
@@ -121,34 +98,33 @@ def iter_rows(path: Path) -> Iterator[tuple[str, Any]]:
     if kind in (".csv", ".tsv"):
         yield from _csv_rows(path, "\t" if kind == ".tsv" else ",")
         return
-    text = _read_all(path)
-    stripped = text.lstrip()
-    if not stripped:
+    rows = iter_jsonl(path, bad_json="yield")
+    first = next(rows, None)
+    if first is None:
         raise RecordError(f"{path}: the file is empty")
-    if stripped[0] in "[{":
-        # A JSON array (or one object); JSON Lines fail here at their second line and are read below.
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as err:
-            if stripped[0] == "[":
-                raise RecordError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
-            doc = None
-        if isinstance(doc, list):
+    where, _, value = first
+    if isinstance(value, RecordError) or isinstance(value, list):
+        # Not one object a line: a JSON array, or one object spread over lines.
+        text = read_text(path)
+        if text.lstrip()[:1] == "[":
+            doc = read_json_document(path)
+            if not isinstance(doc, list):
+                raise RecordError(f"{path}: expected a JSON array or one JSON object a line")
             for i, obj in enumerate(doc):
                 yield f"{path}:[{i}]", obj
             return
-        if isinstance(doc, dict):
-            yield f"{path}:1", doc
-            return
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            # Yielded, not raised: the driver decides whether a broken line stops the run or is skipped.
-            obj = RecordError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})")
-        yield f"{path}:{lineno}", obj
+        if text.lstrip()[:1] == "{":
+            try:
+                doc = json.loads(text)
+            except json.JSONDecodeError:
+                doc = None
+            if isinstance(doc, dict):
+                yield f"{path}:1", doc
+                return
+    yield where, value
+    for where, _, value in rows:
+        # Yielded, not raised: the driver decides whether a broken line stops the run or is skipped.
+        yield where, value
 
 
 def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[str, Any]]:
