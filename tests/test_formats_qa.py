@@ -156,3 +156,31 @@ def test_jsonl_field_map_on_a_real_file():
     records, stats = prepare("jsonl", [shared("nq_open_oracle.jsonl.gz")], options)
     assert len(records) == 2655 and not stats.dropped
     assert records[0].response == "Wilhelm Conrad Röntgen" and records[0].contexts[0].gold is True
+
+
+HOTPOT_ROW = {"_id": "h1", "question": "If Gallu is a demon Lilu is what?", "answer": "a spirit", "type": "bridge",
+              "level": "easy", "supporting_facts": [["Alû", 0], ["Lilu (mythology)", 0]],
+              "context": [["Alû", ["Alû is a demon."]], ["Lilu (mythology)", ["A lilu is a spirit."]],
+                          ["Demon Dice", ["Demon Dice is a game."]]]}
+
+
+def test_hotpotqa_record_whose_supporting_title_is_absent_is_dropped_and_reported(tmp_path, capsys):
+    from cings.cli import main
+
+    missing = {**HOTPOT_ROW, "_id": "h2", "supporting_facts": [["Alû", 0], ["Nowhere", 1]]}
+    path = tmp_path / "hotpot.json"
+    path.write_text(json.dumps([HOTPOT_ROW, missing]), encoding="utf-8")
+    records, stats = prepare("hotpotqa", [path])
+    assert [r.id for r in records] == ["h1"] and sum(c.gold for c in records[0].contexts) == 2
+    assert stats.items_in == 2 and stats.dropped == {"supporting_fact_title_not_in_context": 1}
+    out = tmp_path / "hotpot.grounded.jsonl"
+    code = main(["prepare", "--format", "hotpotqa", "--input", str(path), "--output", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0 and "supporting_fact_title_not_in_context 1" in err
+
+
+def test_hotpotqa_malformed_supporting_fact_names_the_field(tmp_path):
+    path = tmp_path / "hotpot.json"
+    path.write_text(json.dumps([{**HOTPOT_ROW, "supporting_facts": [["Alû", 0], "Lilu"]}]), encoding="utf-8")
+    with pytest.raises(RecordError, match=r"hotpot.json:\[0\]: field 'supporting_facts\[1\]' must be \[title, sentence"):
+        prepare("hotpotqa", [path])

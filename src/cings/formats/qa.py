@@ -155,13 +155,23 @@ class HotpotQAReader(_QAReader):
     def convert(self, obj: Any, where: str, stats: ConvertStats) -> Iterable[Record]:
         answer = get_str(obj, "answer", where)
         facts = get_list(obj, "supporting_facts", where)
-        gold_titles = {f[0] for f in facts if isinstance(f, list) and f}
+        for i, fact in enumerate(facts):
+            if not (isinstance(fact, list) and fact and isinstance(fact[0], str)):
+                raise RecordError(f"{where}: field 'supporting_facts[{i}]' must be [title, sentence index],"
+                                  f" not {type_name(fact)}")
+        gold_titles = {fact[0] for fact in facts}
         paragraphs = []
         for i, item in enumerate(get_list(obj, "context", where)):
             if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], list)):
                 raise RecordError(f"{where}: field 'context[{i}]' must be [title, [sentences]]")
             # Sentences are consecutive pieces of the paragraph (later ones start with a space).
             paragraphs.append({"title": item[0], "text": "".join(str(s) for s in item[1])})
+        missing = gold_titles - {p["title"] for p in paragraphs}
+        if missing:
+            # Its gold passage is not there to ground the answer: as a "grounded" record it would teach
+            # answering from distractors alone.
+            stats.drop("supporting_fact_title_not_in_context")
+            return []
         contexts = self._contexts(paragraphs, where, "context", stats, gold_titles=gold_titles)
         meta = {"type": obj.get("type"), "level": obj.get("level"), "supporting_facts": facts}
         return self._record(obj, where, stats, contexts, [answer.strip()], meta)
