@@ -36,12 +36,24 @@ def describe(records: Iterable[Record]) -> dict[str, Any]:
             "gold_passages": gold, "records_with_segments": segmented, "records_with_parametric_answers": conflict}
 
 
+# The suffixes that say "records as JSON Lines" (optionally compressed); only these leave the name, so that
+# ``x.v1.jsonl`` and ``x.v2.jsonl`` in one folder keep apart summaries.
+_RECORD_SUFFIXES = (".jsonl", ".ndjson", ".jl", ".json")
+_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz")
+
+
 def summary_path(output: str | Path) -> Path:
-    """``out.jsonl`` -> ``out.summary.json``; a folder -> ``folder/summary.json``."""
+    """``out.v1.jsonl`` (or ``.jsonl.gz``) -> ``out.v1.summary.json``; a folder -> ``folder/summary.json``."""
     output = Path(output)
     if output.suffix == "" or output.is_dir():
         return output / "summary.json"
-    return output.with_name(output.name.split(".")[0] + ".summary.json")
+    name = output.name
+    for suffixes in (_COMPRESSION_SUFFIXES, _RECORD_SUFFIXES):
+        for suffix in suffixes:
+            if name.lower().endswith(suffix) and len(name) > len(suffix):
+                name = name[:-len(suffix)]
+                break
+    return output.with_name(name + ".summary.json")
 
 
 def write_summary(summary: dict[str, Any], output: str | Path) -> Path:
