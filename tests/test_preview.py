@@ -1,7 +1,10 @@
 import io
+import re
 
-from cings.preview import mark_trained, preview
-from cings.records import Context, Record
+import pytest
+
+from cings.preview import mark_trained, preview, preview_file
+from cings.records import Context, Record, RecordError
 from cings.render import Renderer, RenderOptions, render_example
 
 REC = Record(id="q", instruction="Who won?", contexts=(Context(title="SB", text="Denver beat Carolina."),), response="Denver")
@@ -31,3 +34,33 @@ def test_colour_preview_highlights_the_response(llama3):
     assert f"{green} Denver<|eot_id|>\x1b[0m" in text
     assert text.count(green) == 2  # the trained run, and the legend's sample
     assert "legend:" in text and "masked context" in text
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    from .conftest import build_tiny_bpe
+
+    path = tmp_path_factory.mktemp("tok")
+    build_tiny_bpe().save_pretrained(path)
+    return str(path)
+
+
+def test_preview_file_of_an_empty_file_names_it(tmp_path, tiny_bpe):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n", encoding="utf-8")
+    out = io.StringIO()
+    with pytest.raises(RecordError, match=f"^{re.escape(str(empty))}: no records$"):
+        preview_file(empty, Renderer(tiny_bpe), stream=out)
+    assert out.getvalue() == ""  # refused before any table is printed
+
+
+@pytest.mark.xfail(strict=True, reason="needs cli.cmd_preview to call preview.preview_file(args.input, ...) instead of"
+                                       " preview(read_records(args.input), ...); remove this marker with that change")
+def test_cli_preview_of_an_empty_file_says_so(tmp_path, tok_dir, capsys):
+    from cings.cli import main
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    code = main(["preview", "--input", str(empty), "--tokenizer", tok_dir])
+    err = capsys.readouterr().err
+    assert code != 0 and f"{empty}: no records" in err and "Traceback" not in err

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from itertools import chain
+from pathlib import Path
 from typing import Iterable, TextIO
 
+from .records import RecordError, read_records
 from .render import Dropped, Kind, Rendered, Renderer
 
-__all__ = ["preview", "mark_trained"]
+__all__ = ["preview", "preview_file", "mark_trained"]
 
 LEGEND_PLAIN = "legend: [[...]] = trained (the loss is on these tokens); everything else is masked (label -100)"
 
@@ -86,3 +89,14 @@ def preview(records: Iterable, renderer: Renderer, *, n: int = 3, plain: bool = 
         console.print(Text.assemble("legend: ", ("trained (loss)", "bold black on green"), " · ",
                                     ("masked context", "yellow dim"), " · ", ("masked prompt and template", "dim")))
     return shown
+
+
+def preview_file(path: str | Path, renderer: Renderer, *, n: int = 3, plain: bool = False,
+                 stream: TextIO | None = None, color: bool | None = None) -> int:
+    """:func:`preview` of a records file; a file without records is a :class:`RecordError` naming it,
+    checked before anything is printed, so the user is not left with an empty table and exit 1."""
+    records = read_records(path)
+    first = next(records, None)
+    if first is None:
+        raise RecordError(f"{path}: no records")
+    return preview(chain([first], records), renderer, n=n, plain=plain, stream=stream, color=color)
