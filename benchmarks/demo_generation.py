@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cings.generate import GenerationSettings, generate_records, load_for_generation
+    from cings.generate import GenerationSettings, generate_records
+    from cings.runs import load_for_generation
     from cings.loading import fast_bf16
     from cings.records import read_records
 

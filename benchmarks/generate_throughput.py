@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from cings.evaluate import _spread_sample
-    from cings.generate import GenerationSettings, generate_records, load_for_generation
+    from cings.generate import GenerationSettings, generate_records
+    from cings.runs import load_for_generation
     from cings.loading import smollm2_gguf
     from cings.prepare import prepare
 

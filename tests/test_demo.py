@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cings.demo import DEMO_DATA, DemoError, Stages, check_same_schedule, window_context
+from cings.demo import DemoError, demo_data_dir, Stages, check_same_schedule, window_context
 
 PARAGRAPH = ("Super Bowl 50 was an American football game. The American Football Conference (AFC) champion "
              "Denver Broncos defeated the National Football Conference (NFC) champion Carolina Panthers 24-10. "
@@ -79,7 +79,7 @@ def test_schedule_check_accepts_identical_runs_and_names_the_difference():
 def test_demo_data_is_in_the_checkout():
     for name in ("squad_dev_v1.1.json.gz", "nq_open_oracle_300.jsonl.gz", "hotpotqa_train_distractor_100.json.gz",
                  "PROVENANCE-shared-data.md"):
-        assert (DEMO_DATA / name).is_file(), name
+        assert (demo_data_dir() / name).is_file(), name
 
 
 def test_a_model_keeps_its_colour_whatever_else_is_plotted():

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from cings.generate import GenerationSettings, generate_records, load_for_generation, written_ids
+from cings.generate import GenerationSettings, generate_records, written_ids
+from cings.runs import load_for_generation
 from cings.records import Context, Record, RecordError, write_records
 from cings.render import RenderOptions
 

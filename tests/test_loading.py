@@ -75,3 +75,56 @@ def test_losing_the_race_to_another_process_keeps_its_folder(gguf, tmp_path, mon
     ckpt = gguf_checkpoint(gguf)
     assert ckpt is not None and (ckpt / "by-the-other-process").is_file()
     assert [p.name for p in cache.iterdir()] == [ckpt.name]
+
+
+# ---------------------------------------------------------------- the precision rule
+
+from cings import loading  # noqa: E402
+from cings.loading import LoadError, resolve_precision  # noqa: E402
+
+
+@pytest.mark.parametrize("fast, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_is_bf16_only_where_bf16_is_fast(monkeypatch, fast, expected):
+    monkeypatch.setattr(loading, "bf16_support", lambda: (fast, "because of the test"))
+    chosen = resolve_precision("auto")
+    assert (chosen.name, chosen.warning) == (expected, None)
+    assert "because of the test" in chosen.describe()
+
+
+def test_an_asked_for_bf16_is_kept_and_warned_about_where_it_is_emulated(monkeypatch):
+    monkeypatch.setattr(loading, "bf16_support", lambda: (False, "this CPU has no AVX-512 BF16 or AMX"))
+    chosen = resolve_precision("bf16")
+    assert chosen.name == "bf16" and chosen.dtype == torch.bfloat16
+    assert "AVX-512 BF16" in chosen.warning and "fp32" in chosen.warning
+    monkeypatch.setattr(loading, "bf16_support", lambda: (True, "fast"))
+    assert resolve_precision("bf16").warning is None
+
+
+def test_fp16_needs_a_gpu_and_unknown_names_are_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(LoadError, match="fp16 needs a GPU"):
+        resolve_precision("fp16")
+    with pytest.raises(LoadError, match="must be one of"):
+        resolve_precision("int8")
+    with pytest.raises(LoadError, match="must be one of auto, bf16, fp32"):
+        resolve_precision("fp16", allowed=("auto", "bf16", "fp32"))
+
+
+def test_torch_kernels_capped_below_avx512_make_bf16_slow():
+    import subprocess
+    import sys
+
+    code = "from cings.loading import bf16_support; print(bf16_support())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "ATEN_CPU_CAPABILITY": "avx2"}).stdout
+    assert out.startswith("(False,"), out
+
+
+def test_train_says_which_precision_and_why(tmp_path, capsys):
+    from cings.config import load_config
+    from cings.train import precision_for
+
+    cfg = load_config(None, {"model_config": {"model_type": "llama"}, "tokenizer": "x", "data": "x",
+                             "output_dir": str(tmp_path), "precision": "fp32", "lora": True})
+    chosen, load = precision_for(cfg)
+    assert (chosen.name, chosen.reason, load) == ("fp32", "asked for", torch.float32)

@@ -288,6 +288,7 @@ def test_records_dropped_as_too_long_are_reported(tmp_path, tok_dir, capsys):
     train(config(tok_dir, str(data), tmp_path / "o", max_steps=1), progress=False)
     err = capsys.readouterr().err
     assert "examples in 5, out 4; dropped 1 (too_long: 1)" in err, err
+    assert "cings train: precision " in err and ("auto: " in err), err  # the choice and why
 
 
 # ---------------------------------------------------------------- start-up errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import zlib
 from dataclasses import fields
 from typing import Sequence
 
@@ -163,6 +164,8 @@ def _add_eval_commands(sub) -> None:
     demo.add_argument("--output-dir", "--output_dir", default="runs/demo")
     demo.add_argument("--model", default="smollm2", help="model folder, .gguf file, or 'smollm2' (the default)")
     demo.add_argument("--gguf-file", "--gguf_file")
+    demo.add_argument("--data-dir", "--data_dir", default="",
+                      help="folder with the demo's data slices (default: examples/demo of this checkout)")
     demo.add_argument("--modes", help="comma-separated training modes (overrides --all-modes)")
     demo.add_argument("--steps", type=int, help="optimizer steps per mode (default 100; --quick 4)")
     demo.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, help="learning rate (default 2e-4)")
@@ -189,9 +192,10 @@ def _check_local(flag: str, value: str | None, *, must_exist: bool = False) -> N
 def cmd_generate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .generate import GenerationSettings, generate_records, load_for_generation
-    from .loading import resolve_dtype
+    from .generate import GenerationSettings, generate_records
+    from .loading import resolve_precision
     from .records import read_records
+    from .runs import load_for_generation
 
     # Settings and paths first: a bad value is refused before a model is loaded or --output touched.
     settings = GenerationSettings(docs=args.docs, ndocs=args.ndocs, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
@@ -199,7 +203,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _check_local("--model", args.model)
     # Without --model the base model is read from the adapter's folder, so it must be here.
     _check_local("--adapter", args.adapter, must_exist=args.model is None)
-    dtype = resolve_dtype(args.dtype)
+    precision = resolve_precision(args.dtype, allowed=("auto", "bf16", "fp32"))
+    print(f"cings generate: precision {precision.describe()}", file=sys.stderr)
+    if precision.warning:
+        print(f"cings generate: warning: {precision.warning}", file=sys.stderr)
+    dtype = precision.dtype
     model, tok, options, spec = load_for_generation(args.model, adapter=args.adapter, gguf_file=args.gguf_file,
                                                     tokenizer=args.tokenizer, dtype=dtype, merge=not args.no_merge)
     extra = {"dtype": str(dtype).removeprefix("torch.")}
@@ -252,7 +260,8 @@ def cmd_eval_suite(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import ALL_MODES, EVAL_SETS, MODES, DemoConfig, run_demo
 
-    kw: dict = {"output_dir": args.output_dir, "model": args.model, "gguf_file": args.gguf_file, "precision": args.precision}
+    kw: dict = {"output_dir": args.output_dir, "model": args.model, "gguf_file": args.gguf_file, "precision": args.precision,
+                "data_dir": args.data_dir}
     kw["modes"] = tuple(m.strip() for m in args.modes.split(",")) if args.modes else (ALL_MODES if args.all_modes else MODES)
     for name in ("steps", "learning_rate"):
         if getattr(args, name) is not None:
@@ -479,12 +488,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .chat_frame import TemplateError
     from .config import ConfigError
     from .demo import DemoError
-    from .loading import TokenizerNotFound
+    from .loading import LoadError
     from .records import RecordError
 
     try:
         return args.func(args)
-    except (RecordError, TemplateError, TokenizerNotFound, ConfigError, DemoError, ValueError, OSError) as err:
+    # EOFError and zlib.error: a truncated or corrupt .gz read outside cings' own reader (datasets, yaml).
+    except (RecordError, TemplateError, LoadError, ConfigError, DemoError, ValueError, OSError, EOFError,
+            zlib.error) as err:
         print(f"cings {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -113,6 +113,22 @@ class TrainConfig:
                               f" {self.micro_batch_size} x {world_size} device(s)")
         return self.global_batch_size // per_step
 
+    def render_options(self):
+        """The :class:`cings.render.RenderOptions` this recipe trains with (generation reuses them)."""
+        from .render import PAPER_SYSTEM_PROMPT, RenderOptions
+
+        system = {"paper": PAPER_SYSTEM_PROMPT, "": None}.get(self.system_prompt or "", self.system_prompt)
+        return RenderOptions(mode=self.mode, max_length=self.max_length, system_prompt=system,
+                             train_markers=self.train_markers, allow_no_context=self.allow_no_context,
+                             chat_template=self.chat_template, template_kwargs=self.template_kwargs)
+
+    def model_source(self):
+        """The :class:`cings.loading.ModelSource` of this recipe's base model."""
+        from .loading import ModelSource
+
+        return ModelSource(model=None if self.model is None else str(self.model), gguf_file=self.gguf_file,
+                           model_config=self.model_config, seed=self.seed)
+
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 

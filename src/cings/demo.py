@@ -28,9 +28,7 @@ from typing import Any, Callable
 
 from .records import write_records
 
-__all__ = ["DemoConfig", "EvalSet", "run_demo", "EVAL_SETS", "DEMO_DATA", "window_context"]
-
-DEMO_DATA = Path(__file__).resolve().parents[2] / "examples" / "demo"
+__all__ = ["DemoConfig", "EvalSet", "run_demo", "EVAL_SETS", "demo_data_dir", "window_context"]
 MODES = ("no_context", "context")
 ALL_MODES = ("no_context", "input_context", "context", "no_mask")
 
@@ -78,7 +76,7 @@ class DemoConfig:
     max_new_tokens: int = 32
     gen_batch_size: int = 16
     precision: str = "auto"
-    data_dir: str = str(DEMO_DATA)
+    data_dir: str = field(default="", metadata={"help": "folder of the demo's data slices; '' = examples/demo of this checkout"})
     quick: bool = False
 
     @classmethod
@@ -91,6 +89,19 @@ class DemoConfig:
 
 class DemoError(RuntimeError):
     pass
+
+
+def demo_data_dir() -> Path:
+    """``examples/demo`` of the checkout cings runs from (or of the current folder): the data slices ship
+    with the repository, not inside the installed package."""
+    from .suite import examples_dir
+
+    root = examples_dir()
+    if root is None or not (root / "demo").is_dir():
+        raise DemoError("the demo reads the data slices in the repository's examples/demo/ folder, and there is none"
+                        " here (an installed package ships no data): run it from a clone of the repository, or pass"
+                        " --data-dir with a folder holding the same files")
+    return root / "demo"
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -280,11 +291,9 @@ def _evaluate(model_obj: Any, tok: Any, options: Any, spec: str, adapter: str | 
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
     """Run (or resume) every stage; returns the report path."""
-    import torch
-
     from .demo_report import write_report
-    from .generate import load_for_generation
-    from .loading import fast_bf16
+    from .loading import LoadError, resolve_precision
+    from .runs import load_for_generation
 
     log = log or (lambda msg: print(f"cings demo: {msg}", file=sys.stderr, flush=True))
     started = time.perf_counter()
@@ -293,8 +302,15 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
     bad = [m for m in cfg.modes if m not in ALL_MODES]
     if bad:
         raise DemoError(f"unknown modes {bad}; choose from {', '.join(ALL_MODES)}")
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if fast_bf16() else "fp32")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    try:
+        chosen = resolve_precision(cfg.precision, allowed=("auto", "bf16", "fp32"))
+    except LoadError as err:
+        raise DemoError(str(err)) from None
+    log(f"precision {chosen.describe()}")
+    if chosen.warning:
+        log(f"warning: {chosen.warning}")
+    precision, dtype = chosen.name, chosen.dtype
+    cfg = replace(cfg, data_dir=str(Path(cfg.data_dir).resolve() if cfg.data_dir else demo_data_dir()))
     stages = Stages(root, log)
     data_key = _key("data", cfg.data_dir, cfg.steps, cfg.batch_size, cfg.seed, cfg.context_chars, cfg.eval_n)
     if not (root / "data" / "train.jsonl").is_file():
@@ -337,7 +353,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
         _release()
 
     report = write_report(cfg, root, data, trained, evals, sets, check, precision,
-                          total_seconds=time.perf_counter() - started, ran=stages.ran)
+                          total_seconds=time.perf_counter() - started, ran=stages.ran, precision_reason=chosen.reason)
     log(f"wrote {report}, {report.with_suffix('.png')} and {root / 'metrics.json'}")
     return report
 

@@ -142,7 +142,8 @@ def _verdict(by_model: dict[str, dict[str, dict]]) -> list[str]:
 
 
 def write_report(cfg: Any, root: Path, data: dict, trained: dict[str, dict], evals: dict[str, dict[str, dict]],
-                 sets: Sequence[Any], check: dict, precision: str, *, total_seconds: float, ran: Sequence[str]) -> Path:
+                 sets: Sequence[Any], check: dict, precision: str, *, total_seconds: float, ran: Sequence[str],
+                 precision_reason: str = "") -> Path:
     by_model = {model: {name: stage["result"]["metrics"] for name, stage in per_set.items()} for model, per_set in evals.items()}
     entries = [{"model": model, "eval_set": name, **metrics} for model, per_set in by_model.items() for name, metrics in per_set.items()]
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
@@ -150,7 +151,7 @@ def write_report(cfg: Any, root: Path, data: dict, trained: dict[str, dict], eva
                      **{f"eval-{m}-{n}": s["seconds"] for m, per in evals.items() for n, s in per.items()}}
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     machine = _machine()
-    settings = {**asdict(cfg), "precision_used": precision}
+    settings = {**asdict(cfg), "precision_used": precision, "precision_reason": precision_reason}
     summary = {"date": date, "machine": machine, "settings": settings, "same_schedule": check, "entries": entries,
                "by_model": by_model, "stage_seconds": stage_seconds, "data": data["result"],
                "training": {m: s["result"] for m, s in trained.items()}, "peak_rss_gib_this_process": round(peak_gib, 2),
@@ -182,7 +183,7 @@ def write_report(cfg: Any, root: Path, data: dict, trained: dict[str, dict], eva
     md += ["", "## Training", "",
            f"LoRA r{cfg.lora_r} (alpha {cfg.lora_alpha}, dropout 0.05) on every attention and MLP projection; {cfg.steps} steps of"
            f" {cfg.batch_size} examples ({_micro(cfg)}), learning rate {cfg.learning_rate:g} constant,"
-           f" seed {cfg.seed}, {precision}. Data: {d['train_records']} SQuAD v1.1 dev questions from {d['train_articles']}"
+           f" seed {cfg.seed}, {precision}{f' ({precision_reason})' if precision_reason else ''}. Data: {d['train_records']} SQuAD v1.1 dev questions from {d['train_articles']}"
            f" articles (one pass, each passage cut to the sentences around its answer, at most {cfg.context_chars}"
            f" characters: {d['contexts_windowed']} were cut; {d['answer_not_in_passage_skipped']} skipped because the"
            f" answer was not in the passage). Evaluation uses {d['heldout_articles']} other articles. The learning rate"

@@ -5,6 +5,9 @@ left-padded, so the batch size changes speed, not outputs (tested token for toke
 appended batch by batch; ``resume`` skips ids already written, so a killed run loses nothing and
 duplicates nothing. A resume refuses rows written with other settings (a file holds one setting),
 and an existing output is replaced only when asked (``overwrite``).
+
+The model, tokenizer and render options are handed in (``cings.runs.load_for_generation`` reads a
+run folder and loads them): generation imports neither training nor run folders.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from .prompts import DOCS, LAYOUTS, Prompt, PromptBuilder
 from .records import Record, RecordError
 from .render import Dropped, RenderOptions
 
-__all__ = ["GenerationSettings", "load_for_generation", "generate_records", "written_ids", "check_resumable"]
+__all__ = ["GenerationSettings", "generate_records", "written_ids", "check_resumable"]
 
 # Settings that change speed, not outputs: a resume may change them.
 SPEED_ONLY = frozenset({"batch_size"})
@@ -52,70 +55,6 @@ class GenerationSettings:
         return {"docs": self.docs, "ndocs": self.ndocs, "prompt": self.prompt, "max_new_tokens": self.max_new_tokens,
                 "batch_size": self.batch_size, "decoding": "greedy" if self.greedy else "sample",
                 "model": self.model, "adapter": self.adapter, **self.extra}
-
-
-def _run_config(folder: str | None):
-    """The ``cings_config.yaml`` of a training run folder, if it is one."""
-    from .config import load_config
-
-    if folder and (Path(folder) / "cings_config.yaml").is_file():
-        return load_config(Path(folder) / "cings_config.yaml")
-    return None
-
-
-def load_for_generation(model: str | None, *, adapter: str | None = None, gguf_file: str | None = None,
-                        tokenizer: str | None = None, dtype: Any = None, merge: bool = True):
-    """Returns ``(model, tokenizer, render options, base model spec)``.
-
-    ``adapter`` alone finds its base model in the run's ``cings_config.yaml`` (or peft's
-    ``adapter_config.json``). System prompt, markers and template come from the run's recipe.
-    ``merge`` folds a LoRA adapter into the weights: a decode step of a small model on a CPU is
-    bound by the number of operations, and an unmerged adapter adds four to each of its layers
-    (measured in docs/benchmarks.md). A GGUF base is merged in fp32, before the cast to ``dtype``.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from .config import ConfigError
-    from .loading import load_gguf_model, load_tokenizer, resolve_model
-    from .train import render_options_for
-
-    run = _run_config(adapter) or _run_config(model)
-    if model is None:
-        if adapter is None:
-            raise ConfigError("give --model, or --adapter with a cings run folder")
-        if run is not None and (run.model or run.model_config):
-            model, gguf_file = run.model, gguf_file or run.gguf_file
-        elif (Path(adapter) / "adapter_config.json").is_file():
-            model = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not model and not (run is not None and run.model_config):
-            raise ConfigError(f"--adapter {adapter}: no base model recorded; give --model")
-    dtype = dtype or torch.float32
-    tok_source = tokenizer or next((d for d in (adapter, model) if d and Path(d).is_dir()
-                                    and (Path(d) / "tokenizer_config.json").is_file()), None)
-    if run is not None and run.model_config and not model:
-        from .train import load_model
-
-        tok = load_tokenizer(tok_source or run.tokenizer)
-        base = load_model(run, tok, dtype)  # the same seeded initialisation as the run's
-        spec = "model_config"
-    else:
-        folder, gguf = resolve_model(str(model), gguf_file)
-        tok = load_tokenizer(tok_source or (str(Path(folder) / gguf) if gguf else folder))
-        if gguf:
-            base = load_gguf_model(folder, gguf)  # fp32: merged (below) before the cast to ``dtype``
-        else:
-            base = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-        spec = str(model)
-    if adapter:
-        from peft import PeftModel
-
-        base = PeftModel.from_pretrained(base, adapter)
-        if merge:
-            base = base.merge_and_unload()
-    base = base.to(dtype)
-    options = render_options_for(run) if run is not None else RenderOptions()
-    return base.eval(), tok, options, spec
 
 
 def _complete_rows(path: Path) -> list[tuple[int, str, dict]]:

@@ -29,7 +29,7 @@ from .config import ConfigError, TrainConfig, dump_config, load_config
 __all__ = ["Run", "load_run", "checkpoints", "last_complete_checkpoint", "checkpoint_step", "data_fingerprint",
            "tokenizer_fingerprint", "tokenized_manifest", "check_tokenized", "check_resume", "open_output", "start_run", "record_written",
            "finish_run", "remove_run", "truncate_loss_log", "RESUMABLE", "CONFIG_FILE", "DATA_FILE", "FILES_FILE",
-           "LOSS_LOG", "DATA_ORDER"]
+           "LOSS_LOG", "DATA_ORDER", "load_for_generation"]
 
 CONFIG_FILE = "cings_config.yaml"
 DATA_FILE = "cings_data.json"
@@ -162,6 +162,57 @@ def load_run(folder: str | Path) -> Run | None:
                last_complete_checkpoint=last_complete_checkpoint(folder), finished=finished,
                model=config.model if config else None, gguf_file=config.gguf_file if config else None,
                model_config=config.model_config if config else None, adapter=adapter, weights=weights)
+
+
+# ---------------------------------------------------------------- a run's model, for generation
+
+def load_for_generation(model: str | None, *, adapter: str | None = None, gguf_file: str | None = None,
+                        tokenizer: str | None = None, dtype: Any = None, merge: bool = True):
+    """``(model, tokenizer, render options, base model spec)``, ready to hand to :mod:`cings.generate`.
+
+    ``adapter`` alone finds its base model in the run's recipe (or peft's ``adapter_config.json``);
+    system prompt, markers and template come from the run's recipe, so a model answers in the
+    format it was trained on. ``merge`` folds a LoRA adapter into the weights (loading.attach_adapter);
+    a GGUF base is merged in fp32, before the cast to ``dtype``.
+    """
+    import torch
+
+    from .loading import ModelSource, attach_adapter, load_causal_lm, load_tokenizer
+    from .render import RenderOptions
+
+    if adapter is not None and not Path(adapter).is_dir():
+        raise ConfigError(f"--adapter {adapter}: no such folder")
+    run = load_run(adapter) if adapter else None
+    run = run or (load_run(model) if model else None)
+    recipe = run.config if run is not None else None
+    if model is None:
+        if adapter is None:
+            raise ConfigError("give --model, or --adapter with a cings run folder")
+        if recipe is not None and (recipe.model or recipe.model_config):
+            source = recipe.model_source()
+        elif (Path(adapter) / "adapter_config.json").is_file():
+            base = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            if not base:
+                raise ConfigError(f"--adapter {adapter}: its adapter_config.json names no base model; give --model")
+            source = ModelSource(model=str(base))
+        else:
+            raise ConfigError(f"--adapter {adapter}: not a cings run or a LoRA adapter folder (no cings_config.yaml,"
+                              " no adapter_config.json)")
+    else:
+        source = ModelSource(model=str(model), gguf_file=gguf_file)
+    dtype = dtype or torch.float32
+    tok_spec = tokenizer or next((d for d in (adapter, model) if d and (Path(d) / "tokenizer_config.json").is_file()),
+                                 None) or (recipe.tokenizer if recipe is not None and recipe.tokenizer else None)
+    tok = load_tokenizer(tok_spec or source.tokenizer_spec())
+    gguf = source.model is not None and source.model_config is None and (
+        str(source.model).endswith(".gguf") or source.gguf_file or str(source.model).lower() == "smollm2")
+    merge_in = torch.float32 if (adapter and gguf) else dtype  # a dequantized GGUF merges at full precision
+    base = load_causal_lm(source, merge_in)  # a model_config base: the same seeded initialisation as the run's
+    if adapter:
+        base = attach_adapter(base, adapter, merge=merge)
+    options = recipe.render_options() if recipe is not None else RenderOptions()
+    spec = "model_config" if source.model_config else str(source.model)
+    return base.to(dtype).eval(), tok, options, spec
 
 
 # ---------------------------------------------------------------- fingerprints

@@ -140,7 +140,8 @@ def run_suite(suite: str | Path | None, *, model: str | None, adapter: str | Non
               progress: bool = True) -> Path:
     """Generate and evaluate every entry of a suite YAML for one model; returns the report path."""
     from .evaluate import evaluate_file
-    from .generate import generate_records, load_for_generation
+    from .generate import generate_records
+    from .runs import load_for_generation
     from .prepare import prepare
     from .records import read_records
     from .report import compare_runs

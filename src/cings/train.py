@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from .config import ConfigError, TrainConfig
 
-__all__ = ["train", "build_datasets", "load_model", "load_tokenizer_for", "render_options_for", "TrainResult"]
+__all__ = ["train", "build_datasets", "load_model", "load_tokenizer_for", "render_options_for", "precision_for", "TrainResult"]
 
 
 def _is_main() -> bool:
@@ -29,36 +29,16 @@ def _world_size() -> int:
 
 
 def render_options_for(cfg: TrainConfig):
-    from .render import PAPER_SYSTEM_PROMPT, RenderOptions
-
-    system = {"paper": PAPER_SYSTEM_PROMPT, "": None}.get(cfg.system_prompt or "", cfg.system_prompt)
-    return RenderOptions(mode=cfg.mode, max_length=cfg.max_length, system_prompt=system, train_markers=cfg.train_markers,
-                         allow_no_context=cfg.allow_no_context, chat_template=cfg.chat_template,
-                         template_kwargs=cfg.template_kwargs)
-
-
-def _model_source(cfg: TrainConfig) -> tuple[str, str | None]:
-    """(folder or hub id, gguf file name or None) of the model."""
-    from .loading import TokenizerNotFound, resolve_model
-
-    try:
-        return resolve_model(str(cfg.model), cfg.gguf_file)
-    except TokenizerNotFound as err:
-        raise ConfigError(str(err)) from None
+    return cfg.render_options()
 
 
 def load_tokenizer_for(cfg: TrainConfig):
-    from .loading import TokenizerNotFound, load_tokenizer
+    from .loading import LoadError, load_tokenizer
 
-    spec = cfg.tokenizer
-    if spec is None:
-        if cfg.model is None:
-            raise ConfigError("model_config needs a tokenizer: set tokenizer")
-        folder, gguf = _model_source(cfg)
-        spec = str(Path(folder) / gguf) if gguf else folder
     try:
+        spec = cfg.tokenizer if cfg.tokenizer is not None else cfg.model_source().tokenizer_spec()
         tokenizer = load_tokenizer(spec)
-    except TokenizerNotFound as err:
+    except LoadError as err:
         raise ConfigError(str(err)) from None
     except OSError as err:
         raise ConfigError(f"tokenizer {spec}: {err}") from None
@@ -69,49 +49,29 @@ def load_tokenizer_for(cfg: TrainConfig):
     return tokenizer
 
 
-def _dtypes(cfg: TrainConfig) -> tuple[bool, bool, Any]:
-    """(bf16, fp16, dtype to load weights in)."""
+def precision_for(cfg: TrainConfig):
+    """``(Precision, dtype to load weights in)`` by loading.resolve_precision, the rule every command uses."""
     import torch
 
-    precision = cfg.precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("precision fp16 needs a GPU here; use bf16 (CPUs with AVX-512 BF16 or AMX) or fp32 on CPU")
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    from .loading import LoadError, resolve_precision
+
+    try:
+        precision = resolve_precision(cfg.precision)
+    except LoadError as err:
+        raise ConfigError(str(err)) from None
     # Mixed precision keeps fp32 master weights for full fine-tuning (the reference's pure bf16 rounds
     # small updates away); a frozen LoRA base can sit in half precision.
-    load = half if (half is not None and cfg.lora) else torch.float32
-    return precision == "bf16", precision == "fp16", load
+    load = precision.dtype if (precision.name != "fp32" and cfg.lora) else torch.float32
+    return precision, load
 
 
 def load_model(cfg: TrainConfig, tokenizer: Any, dtype: Any):
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from .loading import LoadError, load_causal_lm
 
-    kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
-    if cfg.model_config:
-        spec = dict(cfg.model_config)
-        spec.setdefault("vocab_size", len(tokenizer))
-        model_type = spec.pop("model_type", "llama")
-        torch.manual_seed(cfg.seed)
-        config = AutoConfig.for_model(model_type, **spec)
-        return AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
-    folder, gguf = _model_source(cfg)
     try:
-        if gguf:
-            from .loading import load_gguf_model
-
-            model = load_gguf_model(folder, gguf, **kwargs).to(dtype)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
-    except OSError as err:
-        raise ConfigError(f"model {cfg.model}: {err}") from None
-    rows = model.get_input_embeddings().num_embeddings  # not weight.shape: sharded to [0] under zero.Init
-    if len(tokenizer) > rows:
-        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens, the model's embeddings {rows}:"
-                          " wrong tokenizer for this model?")
-    return model
+        return load_causal_lm(cfg.model_source(), dtype, tokenizer=tokenizer, attn_implementation=cfg.attn_implementation)
+    except LoadError as err:
+        raise ConfigError(str(err)) from None
 
 
 def apply_lora(model: Any, cfg: TrainConfig):
@@ -208,7 +168,11 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
     world = _world_size()
     accumulation = cfg.accumulation(world)
     tokenizer = load_tokenizer_for(cfg)
-    bf16, fp16, dtype = _dtypes(cfg)
+    precision, dtype = precision_for(cfg)
+    if _is_main():
+        print(f"cings train: precision {precision.describe()}", file=sys.stderr)
+        if precision.warning:
+            print(f"cings train: warning: {precision.warning}", file=sys.stderr)
     renderer = Renderer(tokenizer, render_options_for(cfg))
     fingerprint = runs.data_fingerprint(cfg, renderer, world)
     # Before the data is tokenized: a folder that cannot be trained into is refused at once.
@@ -228,7 +192,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
         learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm or 0.0,
         lr_scheduler_type="constant", optim="adamw_torch", seed=cfg.seed, data_seed=cfg.seed,
-        bf16=bf16, fp16=fp16, use_cpu=not torch.cuda.is_available(),
+        bf16=precision.name == "bf16", fp16=precision.name == "fp16", use_cpu=not torch.cuda.is_available(),
         activation_checkpointing=cfg.gradient_checkpointing, logging_steps=cfg.logging_steps,
         save_strategy=cfg.save_strategy, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         eval_strategy="epoch" if eval_set is not None else "no", report_to=list(cfg.report_to) or "none",
@@ -260,7 +224,8 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
     start_step = runs.checkpoint_step(resume) if resume is not None else 0
     info = {"train": stats.to_dict(), "chat_template_source": renderer.template_source,
             "render_options": renderer.options.to_dict(), "world_size": world,
-            "gradient_accumulation_steps": accumulation, "steps_per_epoch": steps_per_epoch, "fingerprint": fingerprint}
+            "gradient_accumulation_steps": accumulation, "steps_per_epoch": steps_per_epoch, "fingerprint": fingerprint,
+            "precision": {"name": precision.name, "reason": precision.reason}}
     if _is_main():
         runs.start_run(output_dir, cfg, info)
         if resume is not None:
