@@ -54,8 +54,6 @@ def test_preview_file_of_an_empty_file_names_it(tmp_path, tiny_bpe):
     assert out.getvalue() == ""  # refused before any table is printed
 
 
-@pytest.mark.xfail(strict=True, reason="needs cli.cmd_preview to call preview.preview_file(args.input, ...) instead of"
-                                       " preview(read_records(args.input), ...); remove this marker with that change")
 def test_cli_preview_of_an_empty_file_says_so(tmp_path, tok_dir, capsys):
     from cings.cli import main
 

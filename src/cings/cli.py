@@ -474,11 +474,10 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from .preview import preview
-    from .records import read_records
+    from .preview import preview_file
 
     renderer = _renderer(args)
-    shown = preview(read_records(args.input), renderer, n=args.n, plain=args.plain)
+    shown = preview_file(args.input, renderer, n=args.n, plain=args.plain)
     return 0 if shown else 1
 
 
