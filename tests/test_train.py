@@ -412,6 +412,16 @@ def test_the_jsonl_output_of_tokenize_trains_like_the_folder(tmp_path, tok_dir, 
         train(config(tok_dir, as_jsonl, tmp_path / "c", max_steps=2), progress=False)
 
 
+def test_a_bad_byte_in_tokenize_jsonl_output_is_named_by_file_and_line(tmp_path, tok_dir, data_file):
+    from cings.records import RecordError
+
+    as_jsonl = Path(tokenize(data_file, tok_dir, tmp_path / "x.tok.jsonl", "--mode", "no_mask"))
+    lines = as_jsonl.read_bytes().splitlines(keepends=True)
+    as_jsonl.write_bytes(b"".join(lines[:2] + [lines[2].replace(b'"', b'\xff"', 1)] + lines[3:]))
+    with pytest.raises(RecordError, match=rf"{as_jsonl}:3: .*UTF-8"):
+        train(config(tok_dir, str(as_jsonl), tmp_path / "a", max_steps=1, mode="no_mask"), progress=False)
+
+
 # ---------------------------------------------------------------- shipped recipes
 
 RECIPES = sorted(p for p in (ROOT / "configs").glob("*.yaml"))

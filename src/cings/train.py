@@ -108,22 +108,16 @@ def _load_split(path: str, renderer: Any, cfg: TrainConfig, progress: bool):
 
 def _tokenized_jsonl(path: Path):
     """The ``{id, input_ids, labels}`` lines `cings tokenize` writes to a .jsonl output."""
-    import json
-
     import datasets
 
+    from .jsonl import iter_jsonl
+
     columns: dict[str, list] = {"id": [], "input_ids": [], "labels": []}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ConfigError(f"{path}:{number}: not JSON ({err.msg}, column {err.colno})") from None
-                if not isinstance(row, dict) or any(k not in row for k in columns):
-                    raise ConfigError(f"{path}:{number}: not a line of `cings tokenize` (id, input_ids, labels)")
-                for key in columns:
-                    columns[key].append(row[key])
+    for where, _, row in iter_jsonl(path):  # FILE:LINE for bad JSON, bad bytes and a truncated .gz
+        if not isinstance(row, dict) or any(k not in row for k in columns):
+            raise ConfigError(f"{where}: not a line of `cings tokenize` (id, input_ids, labels)")
+        for key in columns:
+            columns[key].append(row[key])
     return datasets.Dataset.from_dict(columns)
 
 
