@@ -263,6 +263,26 @@ def test_mode_aliases_and_unknown_mode():
         parse_mode("contxt")
 
 
+@pytest.mark.parametrize("typo, hint", [
+    ("contxt", "(did you mean 'context'?)"),
+    ("No-Contex", "(did you mean 'no_context'?)"),
+    ("input_contxt", "(did you mean 'input_context'?)"),
+    ("cigns", "(did you mean 'cings', i.e. context?)"),  # an alias is named with the mode it stands for
+])
+def test_unknown_mode_suggests_the_closest_mode_or_alias(typo, hint):
+    with pytest.raises(ValueError) as info:
+        parse_mode(typo)
+    assert str(info.value).startswith(f"unknown mode {typo!r} {hint}: choose one of no_context, input_context")
+
+
+def test_unknown_mode_far_from_every_name_gets_no_suggestion():
+    with pytest.raises(ValueError) as info:
+        parse_mode("zebra")
+    assert str(info.value).startswith("unknown mode 'zebra': choose one of") and "did you mean" not in str(info.value)
+    with pytest.raises(ValueError, match=r"did you mean 'no_mask'\?"):
+        RenderOptions(mode="no-msk")  # recipes and options reach the same check
+
+
 def test_empty_contexts_in_a_context_mode_is_an_error_naming_the_line(tiny_bpe):
     renderer = Renderer(tiny_bpe, RenderOptions(mode=Mode.CONTEXT))
     bare = replace(rec(contexts=()), source="train.jsonl:17")

@@ -8,6 +8,7 @@ The four modes differ only in which kinds are trainable.
 
 from __future__ import annotations
 
+import difflib
 import gc
 import warnings
 from dataclasses import dataclass, field, fields, replace
@@ -62,7 +63,13 @@ def parse_mode(name: str | Mode) -> Mode:
         pass
     if key in MODE_ALIASES:
         return MODE_ALIASES[key]
-    raise ValueError(f"unknown mode {name!r}: choose one of {', '.join(m.value for m in Mode)}"
+    close = difflib.get_close_matches(key, [m.value for m in Mode] + sorted(MODE_ALIASES), n=1, cutoff=0.6)
+    hint = ""
+    if close:
+        # An alias is shown with the mode it stands for, so the suggestion also teaches the mode's name.
+        meant = f", i.e. {MODE_ALIASES[close[0]].value}" if close[0] in MODE_ALIASES else ""
+        hint = f" (did you mean {close[0]!r}{meant}?)"
+    raise ValueError(f"unknown mode {name!r}{hint}: choose one of {', '.join(m.value for m in Mode)}"
                      f" (aliases: {', '.join(sorted(MODE_ALIASES))})")
 
 
