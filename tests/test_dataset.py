@@ -1,4 +1,8 @@
+import gzip
 import json
+import re
+
+import pytest
 
 from cings.dataset import render_manifest, tokenize_records, write_tokenized
 from cings.records import Context, Record
@@ -48,3 +52,41 @@ def test_jsonl_and_dataset_folder_outputs(tmp_path, tiny_bpe):
     loaded = datasets.load_from_disk(str(tmp_path / "ds"))
     assert loaded["input_ids"] == dataset["input_ids"]
     assert json.loads((tmp_path / "ds" / "cings_stats.json").read_text())["options"]["mode"] == "context"
+
+
+GOOD = {"instruction": "Who won?", "contexts": [{"title": "SB", "text": "Denver won the game. " * 20}], "response": "Denver"}
+
+
+def faulty_inputs(tmp_path):
+    """A .jsonl.gz cut short and a plain file with a 0xff byte on line 2, each with the message expected."""
+    lines = [json.dumps({"id": f"q{i}", **GOOD}) for i in range(300)]
+    whole = gzip.compress(("\n".join(lines) + "\n").encode())
+    truncated = tmp_path / "cut.jsonl.gz"
+    truncated.write_bytes(whole[:-40])  # the end-of-stream marker and the last rows are gone
+    raw = [line.encode() for line in lines[:3]]
+    raw[1] = raw[1].replace(b"Denver won", b"Denver \xff won", 1)
+    binary = tmp_path / "bytes.jsonl"
+    binary.write_bytes(b"\n".join(raw) + b"\n")
+    return [(truncated, rf"{re.escape(str(truncated))}:\d+: the \.gz stream ends early: the file is truncated"),
+            (binary, rf"{re.escape(str(binary))}:2: not UTF-8 text \(byte 0xff at byte \d+ of the line\)")]
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    from .conftest import build_tiny_bpe
+
+    path = tmp_path_factory.mktemp("tok")
+    build_tiny_bpe().save_pretrained(path)
+    return str(path)
+
+
+def test_cli_tokenize_of_a_truncated_gz_or_a_bad_byte_names_file_and_line(tmp_path, tok_dir, capsys):
+    from cings.cli import main
+
+    for path, expected in faulty_inputs(tmp_path):
+        out = tmp_path / f"{path.name}.tok.jsonl"
+        code = main(["tokenize", "--input", str(path), "--tokenizer", tok_dir, "--output", str(out), "--no-progress"])
+        err = capsys.readouterr().err
+        assert code != 0 and "Traceback" not in err
+        assert re.search(rf"^cings tokenize: error: {expected}", err, re.M), err
+        assert not out.exists()  # nothing half-written from the rows read before the fault

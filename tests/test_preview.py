@@ -62,3 +62,15 @@ def test_cli_preview_of_an_empty_file_says_so(tmp_path, tok_dir, capsys):
     code = main(["preview", "--input", str(empty), "--tokenizer", tok_dir])
     err = capsys.readouterr().err
     assert code != 0 and f"{empty}: no records" in err and "Traceback" not in err
+
+
+def test_cli_preview_of_a_truncated_gz_or_a_bad_byte_names_file_and_line(tmp_path, tok_dir, capsys):
+    from cings.cli import main
+
+    from .test_dataset import faulty_inputs
+
+    for path, expected in faulty_inputs(tmp_path):
+        code = main(["preview", "--input", str(path), "--tokenizer", tok_dir, "-n", "1000", "--plain"])
+        err = capsys.readouterr().err
+        assert code != 0 and "Traceback" not in err
+        assert re.search(rf"^cings preview: error: {expected}", err, re.M), err
