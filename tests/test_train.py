@@ -77,6 +77,25 @@ def test_lora_run_saves_an_adapter(tmp_path, tok_dir, data_file):
     assert json.loads((tmp_path / "adapter_config.json").read_text())["r"] == 16
 
 
+def test_lora_on_the_top_layers_adapts_only_those_and_stops_the_backward_there(tmp_path, tok_dir, data_file):
+    from safetensors.torch import load_file
+
+    from cings.train import apply_lora, load_model, load_tokenizer_for
+
+    cfg = config(tok_dir, data_file, tmp_path, lora=True, max_steps=1, lora_top_layers=1)
+    train(cfg, progress=False)
+    names = list(load_file(tmp_path / "adapter_model.safetensors"))
+    assert names and all(".layers.1." in n for n in names), names  # TINY has layers 0 and 1
+    # No gradient reaches the frozen layer below: autograd stops at the lowest adapted layer.
+    model = apply_lora(load_model(cfg, load_tokenizer_for(cfg), torch.float32), cfg)
+    seen = []
+    model.base_model.model.model.layers[0].register_forward_hook(lambda m, i, o: seen.append(o[0] if isinstance(o, tuple) else o))
+    model(input_ids=torch.tensor([[1, 2, 3, 4]]), labels=torch.tensor([[1, 2, 3, 4]])).loss.backward()
+    assert not seen[0].requires_grad
+    with pytest.raises(ConfigError, match="lora_top_layers 3: the model has 2 layers"):
+        train(config(tok_dir, data_file, tmp_path / "x", lora=True, max_steps=1, lora_top_layers=3), progress=False)
+
+
 # ---------------------------------------------------------------- the mask reaches the loss
 
 def hand_ce(model, rows) -> tuple[torch.Tensor, int]:

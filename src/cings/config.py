@@ -54,6 +54,8 @@ class TrainConfig:
     lora_dropout: float = _f(0.05, "LoRA dropout")
     lora_target_modules: list = _f(PAPER_LORA_TARGETS, "modules that get LoRA (the paper: all attention and MLP projections)")
     lora_modules_to_save: list = _f([], "modules trained fully beside LoRA (the paper's README: embed_tokens, lm_head)")
+    lora_top_layers: int | None = _f(None, "LoRA on the top N transformer layers only (default: all). The backward pass"
+                                           " then stops at the lowest adapted layer: cheaper steps on a CPU")
     # optimisation
     learning_rate: float = _f(2e-5, "peak learning rate")
     weight_decay: float = _f(0.0, "AdamW weight decay")
@@ -103,6 +105,8 @@ class TrainConfig:
         for name in ("global_batch_size", "micro_batch_size", "max_length", "num_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.lora_top_layers is not None and (isinstance(self.lora_top_layers, bool) or self.lora_top_layers < 1):
+            raise ConfigError(f"lora_top_layers must be at least 1 (or unset for every layer), not {self.lora_top_layers!r}")
         if not 0 < self.epoch_lr_decay <= 1:
             raise ConfigError(f"epoch_lr_decay must be in (0, 1], not {self.epoch_lr_decay}")
 

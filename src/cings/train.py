@@ -82,8 +82,14 @@ def apply_lora(model: Any, cfg: TrainConfig):
     if missing:
         raise ConfigError(f"lora_target_modules {missing} are not modules of this model"
                           f" (it has e.g. {sorted(present - {''})[:12]})")
+    layers = None
+    if cfg.lora_top_layers is not None:
+        total = getattr(model.config, "num_hidden_layers", None)
+        if total is None or cfg.lora_top_layers > total:
+            raise ConfigError(f"lora_top_layers {cfg.lora_top_layers}: the model has {total} layers")
+        layers = list(range(total - cfg.lora_top_layers, total))
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=list(cfg.lora_target_modules),
+                        target_modules=list(cfg.lora_target_modules), layers_to_transform=layers,
                         modules_to_save=list(cfg.lora_modules_to_save) or None, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
