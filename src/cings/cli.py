@@ -167,11 +167,16 @@ def _add_eval_commands(sub) -> None:
     demo.add_argument("--data-dir", "--data_dir", default="",
                       help="folder with the demo's data slices (default: examples/demo of this checkout)")
     demo.add_argument("--modes", help="comma-separated training modes (overrides --all-modes)")
-    demo.add_argument("--steps", type=int, help="optimizer steps per mode (default 100; --quick 4)")
-    demo.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, help="learning rate (default 2e-4)")
-    demo.add_argument("--lora-r", type=int, help="LoRA rank (default 16; alpha = 2 x rank)")
+    from .demo import DemoConfig
+
+    default, quick = DemoConfig(), DemoConfig.quick_preset()
+    sizes = ", ".join(f"{k} {v}" for k, v in default.eval_n.items())
+    demo.add_argument("--steps", type=int, help=f"optimizer steps per mode (default {default.steps}; --quick {quick.steps})")
+    demo.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float,
+                      help=f"learning rate (default {default.learning_rate:g})")
+    demo.add_argument("--lora-r", type=int, help=f"LoRA rank (default {default.lora_r}; alpha = 2 x rank)")
     demo.add_argument("--eval-sets", help="comma-separated evaluation sets (default: all)")
-    demo.add_argument("--eval-n", type=int, help="records per evaluation set (default 100; HotpotQA 50)")
+    demo.add_argument("--eval-n", type=int, help=f"records per evaluation set, all sets alike (default: {sizes})")
     demo.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                       help="auto: bf16 where the CPU/GPU has fast bf16, else fp32")
     demo.set_defaults(func=cmd_demo)
