@@ -90,3 +90,119 @@ def test_cli_tokenize_of_a_truncated_gz_or_a_bad_byte_names_file_and_line(tmp_pa
         assert code != 0 and "Traceback" not in err
         assert re.search(rf"^cings tokenize: error: {expected}", err, re.M), err
         assert not out.exists()  # nothing half-written from the rows read before the fault
+
+
+# ---------------------------------------------------------------- bounding long passages before tokenizing
+
+_PIECES = ["the", "quick", "brown", "fox", "Paris", "1999", "3.14", "北京", "naïve", "—", "-----", "====", "  ", "\n",
+           "\n\n", "\t", "Context2:", "## Answer", "<|im_end|>", "<|eot_id|>", "</s>", "[INST]", "don't", "x" * 40,
+           "🙂", ",", ".", "!!", "$", "-" * 120, " " * 50, "a" * 300, "\u00a0"]
+
+
+def _text(rng, n):
+    out, total = [], 0
+    while total < n:
+        piece = rng.choice(_PIECES) + rng.choice(["", " ", " "])
+        out.append(piece)
+        total += len(piece)
+    return "".join(out).strip() or "x"
+
+
+def _long_record(rng, i, max_length):
+    from cings.dataset import CHARS_PER_TOKEN
+    from cings.records import Segment
+
+    bound = max_length * CHARS_PER_TOKEN
+    contexts = []
+    for _ in range(rng.randint(1, 4)):
+        size = rng.choice([rng.randint(5, 200), rng.randint(bound // 2, bound * 3)])
+        # Some passages are one repeated character: runs that tokenize into few, long tokens.
+        body = _text(rng, size) if rng.random() < 0.85 else rng.choice(["z", "-", "é"]) * size
+        title = rng.choice(["", "T", "A title", _text(rng, bound + 10) if rng.random() < 0.1 else "Short"])
+        contexts.append(Context(title=title, text=body))
+    contexts = tuple(contexts)
+    response, segments = rng.choice(["Denver", "the answer is 42", _text(rng, 30)]), None
+    if len(contexts) > 1 and rng.random() < 0.25:
+        k = rng.randint(1, len(contexts) - 1)
+        segments = (Segment(contexts=contexts[:k], response="part one"), Segment(contexts=contexts[k:], response="part two"))
+        response = "part one part two"
+    return Record(id=str(i), instruction=rng.choice(["Who won?", _text(rng, 60)]), contexts=contexts,
+                  response=response, segments=segments)
+
+
+@pytest.mark.parametrize("name", ["llama3", "qwen3", "llama2", "smollm2"])
+def test_bounded_passages_give_the_same_ids_and_labels_as_whole_ones(name, request):
+    import random
+
+    from cings.dataset import bound_contexts
+    from cings.render import Dropped
+
+    tokenizer = request.getfixturevalue(name)
+    rng = random.Random(f"bound-{name}")
+    cut = 0
+    for i in range(150):
+        options = RenderOptions(mode=rng.choice(["context", "input_context", "no_mask"]),
+                                max_length=rng.choice([32, 64, 100, 200]), numbering=rng.choice(["auto", "always", "never"]),
+                                system_prompt=rng.choice([None, "Be brief."]))
+        renderer = Renderer(tokenizer, options)
+        record = _long_record(rng, i, options.max_length)
+        bounded = bound_contexts(record, renderer)
+        if bounded == record:
+            continue
+        cut += 1
+        whole, short = renderer.render(record), renderer.render(bounded)
+        if isinstance(whole, Dropped):
+            assert isinstance(short, Dropped) and short.reason == whole.reason, (i, options)
+            continue
+        assert (short.input_ids, short.labels, short.text) == (whole.input_ids, whole.labels, whole.text), (i, options)
+        assert sum(len(c.text) for c in bounded.contexts) < sum(len(c.text) + len(c.title) for c in record.contexts)
+    assert cut >= 75  # most cases really were cut
+
+
+def test_tokenize_keeps_the_whole_record_length_for_batch_order(tiny_bpe):
+    from cings.dataset import CHARS_PER_TOKEN, record_chars
+
+    renderer = Renderer(tiny_bpe, RenderOptions(mode="context", max_length=64, system_prompt=None))
+    long = Record(id="long", instruction="Who won?", response="Denver",
+                  contexts=(Context(title="SB", text="Denver won the game. " * 64 * CHARS_PER_TOKEN),))
+    dataset, stats = tokenize_records([long], renderer, progress=False)
+    whole = renderer.render(long)
+    assert dataset["input_ids"] == [whole.input_ids] and dataset["labels"] == [whole.labels]
+    assert dataset["chars"] == [record_chars(long)] and stats.truncated == 1
+
+
+_PEAK_SCRIPT = """
+import json, resource, sys, time
+from cings.dataset import tokenize_file
+from cings.loading import load_tokenizer
+from cings.render import Renderer, RenderOptions
+
+renderer = Renderer(load_tokenizer(sys.argv[2]), RenderOptions(mode="context", max_length=512))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+dataset, stats = tokenize_file(sys.argv[1], renderer, progress=False)
+print(json.dumps({"seconds": time.perf_counter() - started, "tokens": len(dataset["input_ids"][0]),
+                  "growth_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before}))
+"""
+
+
+def test_a_50_mb_passage_tokenizes_in_bounded_memory_and_time(tmp_path, smollm2):
+    import os
+    import subprocess
+    import sys
+
+    block = " ".join(f"word{i % 997} the {i} fox, and" for i in range(40_000))
+    text = (block + " ") * (50_000_000 // (len(block) + 1) + 1)
+    path = tmp_path / "big.jsonl"
+    path.write_text(json.dumps({"id": "big", "instruction": "Who won?", "response": "Denver",
+                                "contexts": [{"title": "T", "text": text[:50_000_000]}]}) + "\n", encoding="utf-8")
+    del block, text
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path), "smollm2"], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["tokens"] == 512
+    # Unbounded, this record took 7 GB and minutes: tokenizing 50 MB of text before cutting it to 512 tokens.
+    assert result["growth_kib"] < 1024 * 1024, result
+    assert result["seconds"] < 30, result

@@ -6,14 +6,14 @@ import hashlib
 import json
 import platform
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from .records import Record, parse_record, read_records
-from .render import Dropped, Renderer
+from .records import Context, Record, parse_record, read_records
+from .render import Dropped, Renderer, passage_text
 
-__all__ = ["TokenizeStats", "tokenize_records", "tokenize_file", "write_tokenized"]
+__all__ = ["TokenizeStats", "tokenize_records", "tokenize_file", "write_tokenized", "bound_contexts"]
 
 
 @dataclass
@@ -49,13 +49,80 @@ def record_chars(record: Record) -> int:
     return sum(map(len, parts))
 
 
+# Characters per token that ordinary text stays under (prose averages about 4). A passage cut to
+# max_length * CHARS_PER_TOKEN characters therefore still holds far more than max_length tokens, and
+# truncation keeps less than max_length of them. The vocabularies do hold longer tokens (Llama-3 and
+# Qwen3 have ~200, all runs of '-', '=', '/' or spaces), so the bound is only a first guess: each cut
+# passage is counted, and a cut that falls short is widened (x4) up to the whole text.
+CHARS_PER_TOKEN = 32
+# Tokens a cut passage's head must hold beyond max_length. Truncation's first step finds its cut at a
+# token index below max_length; with this many tokens after that index, the head's own end (a word split
+# in two) cannot reach it. Per passage, 4 more: truncation books 2 tokens per dropped passage for its
+# numbering, and this keeps its running excess high enough to drop every passage after the cut one.
+MARGIN_TOKENS = 64
+# The passage's last characters, kept after its head. Truncation sizes what it drops by the tokens
+# each passage spans, and a passage's last token can swallow the separator after it ('!!\n\n' is one
+# Llama-3 token): with the real ending the count comes out the same as for the whole passage.
+TAIL_CHARS = 256
+
+
+def _rendered_length(ctx: Context, sep: str) -> int:
+    return (len(ctx.title) + len(sep) if ctx.title.strip() else 0) + len(ctx.text)
+
+
+def _cut_context(ctx: Context, chars: int, sep: str) -> tuple[Context, Context]:
+    """``(head, cut)``: the passage's first ``chars`` characters, and those followed by its last
+    ``TAIL_CHARS``. Both are title-less passages whose text is the raw ``title sep text`` cut the same
+    way, so collapsing whitespace (passage_text) makes the head a prefix of the whole passage's text
+    and gives the cut the whole passage's ending."""
+    lead = f"{ctx.title}{sep}" if ctx.title.strip() else ""
+    head = (lead + ctx.text[:chars])[:chars] if len(lead) < chars else lead[:chars]
+    tail = ctx.text[-TAIL_CHARS:] if len(ctx.text) >= TAIL_CHARS else (lead + ctx.text)[-TAIL_CHARS:]
+    return replace(ctx, title="", text=head), replace(ctx, title="", text=f"{head} {tail}")
+
+
+def bound_contexts(record: Record, renderer: Renderer) -> Record:
+    """``record`` with every passage too long to survive truncation cut to its head and its ending,
+    which give the same ``input_ids`` and ``labels``, so a 50 MB passage costs what max_length tokens cost.
+
+    Truncation cuts passages from the end and keeps at most ``max_length`` tokens, so a passage's text
+    beyond ``max_length + MARGIN_TOKENS`` tokens cannot reach the result. Each head is counted with the
+    tokenizer; one that would not reach that many tokens is widened, up to the full text.
+    Records are returned unchanged when nothing is long, or in a mode that renders no passage.
+    """
+    options = renderer.options
+    if not options.mode.uses_context:
+        return record
+    sep = options.title_separator
+    bound = options.max_length * CHARS_PER_TOKEN
+    groups = [record.contexts] + [seg.contexts for seg in record.segments or ()]
+    if all(_rendered_length(c, sep) <= bound + TAIL_CHARS for group in groups for c in group):
+        return record
+    need = options.max_length + MARGIN_TOKENS + 4 * sum(map(len, groups))
+
+    def fit(ctx: Context) -> Context:
+        chars = bound
+        while _rendered_length(ctx, sep) > chars + TAIL_CHARS:
+            head, cut = _cut_context(ctx, chars, sep)
+            if len(renderer.backend.encode(passage_text(head, sep), add_special_tokens=False)) >= need:
+                return cut
+            chars *= 4
+        return ctx
+
+    contexts = tuple(fit(c) for c in record.contexts)
+    segments = record.segments
+    if segments:
+        segments = tuple(replace(seg, contexts=tuple(fit(c) for c in seg.contexts)) for seg in segments)
+    return replace(record, contexts=contexts, segments=segments)
+
+
 def _render_batch(batch: dict[str, list], renderer: Renderer) -> dict[str, list]:
     records = [parse_record(json.loads(s)) for s in batch["record"]]
     out: dict[str, list] = {"id": [], "input_ids": [], "labels": [], "status": [], "num_tokens": [],
                             "num_trained": [], "truncated": [], "chars": []}
-    for record, result in zip(records, renderer.render_batch(records)):
+    for record, chars, result in zip(records, batch["record_chars"], renderer.render_batch(records)):
         out["id"].append(result.id)
-        out["chars"].append(record_chars(record))
+        out["chars"].append(chars)
         if isinstance(result, Dropped):
             out["input_ids"].append([])
             out["labels"].append([])
@@ -84,15 +151,18 @@ def tokenize_records(records: Iterable[Record], renderer: Renderer, *, num_proc:
     """
     import datasets
 
-    checked = []
+    checked, chars = [], []
     for record in records:
         renderer.check(record)  # mode errors surface here, with file and line, not inside a worker
-        checked.append(json.dumps(record.to_dict(), ensure_ascii=False))
+        # From the whole record: the batch order of group_by_length must not depend on the cut below.
+        chars.append(record_chars(record))
+        # Cut before serializing, so no copy of an over-long passage reaches Arrow or a worker.
+        checked.append(json.dumps(bound_contexts(record, renderer).to_dict(), ensure_ascii=False))
     stats = TokenizeStats(examples_in=len(checked))
     if not checked:
         empty = datasets.Dataset.from_dict({"id": [], "input_ids": [], "labels": []})
         return empty, stats
-    raw = datasets.Dataset.from_dict({"record": checked})
+    raw = datasets.Dataset.from_dict({"record": checked, "record_chars": chars})
     # Our own fingerprint: hashing the renderer (a whole tokenizer) with dill is slow and unstable.
     fingerprint = hashlib.sha256(json.dumps([renderer.options.to_dict(), renderer.template, len(checked),
                                              checked[0], checked[-1]], default=str).encode()).hexdigest()[:16]
@@ -100,7 +170,7 @@ def tokenize_records(records: Iterable[Record], renderer: Renderer, *, num_proc:
         datasets.disable_progress_bars()
     try:
         mapped = raw.map(_render_batch, batched=True, batch_size=batch_size, num_proc=num_proc,
-                         fn_kwargs={"renderer": renderer}, remove_columns=["record"],
+                         fn_kwargs={"renderer": renderer}, remove_columns=["record", "record_chars"],
                          new_fingerprint=fingerprint, desc="Tokenizing")
     finally:
         if not progress:

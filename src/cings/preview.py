@@ -6,6 +6,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Iterable, TextIO
 
+from .dataset import bound_contexts
 from .records import RecordError, read_records
 from .render import Dropped, Kind, Rendered, Renderer
 
@@ -59,7 +60,7 @@ def preview(records: Iterable, renderer: Renderer, *, n: int = 3, plain: bool = 
         if shown >= n:
             break
         renderer.check(record)
-        result = renderer.render(record, with_offsets=True)
+        result = renderer.render(bound_contexts(record, renderer), with_offsets=True)
         shown += 1
         if isinstance(result, Dropped):
             dropped += 1
