@@ -223,6 +223,20 @@ def test_resume_refuses_rows_of_other_settings_naming_each_key(tmp_path, tiny):
     assert report["already_done"] == 3 and report["generated"] == 4
 
 
+def test_resuming_a_file_with_a_bad_byte_names_its_line(tmp_path, tiny):
+    model, tok = tiny
+    path = tmp_path / "p.jsonl"
+    opts = RenderOptions(system_prompt=None)
+    generate_records(records(), model, tok, opts, GenerationSettings(max_new_tokens=3, batch_size=2), path, limit=2,
+                     progress=False)
+    path.write_bytes(path.read_bytes() + b'{"id": "x\xff"}\n')
+    before = path.read_bytes()
+    with pytest.raises(RecordError, match=r"p.jsonl:3: .*UTF-8"):
+        generate_records(records(), model, tok, opts, GenerationSettings(max_new_tokens=3, batch_size=2), path,
+                         resume=True, progress=False)
+    assert path.read_bytes() == before
+
+
 def test_an_existing_output_needs_resume_or_overwrite(tmp_path, tiny_dir, capsys):
     from cings.cli import main
 

@@ -122,3 +122,15 @@ def test_records_compare_by_value():
     a = parse_record(GOOD)
     b = Record(**{**a.__dict__})
     assert a == b
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.bz2", ".jsonl.xz"])
+def test_written_records_are_compressed_by_their_suffix_and_read_back(tmp_path, suffix):
+    import gzip
+
+    path = tmp_path / f"out{suffix}"
+    written = [Record(id="1", instruction="Q?", response="A", contexts=(Context(text="A is here."),))]
+    assert write_records(written, path) == 1
+    assert [r.id for r in read_records(path)] == ["1"]
+    if suffix == ".jsonl.gz":
+        assert gzip.decompress(path.read_bytes()).startswith(b'{"id": "1"')

@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------- inference and evaluation
 
 def _add_eval_commands(sub) -> None:
+    from .config import add_dataclass_arguments
+    from .generate import GenerationSettings
     from .prompts import DOCS, LAYOUTS
 
     gen = sub.add_parser("generate", help="answer grounded records with a model (+ LoRA adapter): one prediction a line",
@@ -100,17 +102,10 @@ def _add_eval_commands(sub) -> None:
     gen.add_argument("--gguf-file", "--gguf_file", help="GGUF file name inside the model folder")
     gen.add_argument("--tokenizer", help="tokenizer, when not the run's or the model's")
     gen.add_argument("--input", required=True, help="grounded records")
-    gen.add_argument("--docs", choices=DOCS, default="gold",
-                     help="which documents each prompt shows; topk: the K highest-scored passages when every passage"
-                          " has a 'score' (file order when none has; a record with only some scored is refused)")
-    gen.add_argument("--ndocs", type=int, default=1, metavar="K", help="documents per prompt (gold, gold+distractors, topk)")
-    gen.add_argument("--prompt", choices=LAYOUTS, default="prefill",
-                     help="prefill: '## Context ... ## Answer' opens the assistant turn (CINGS); input: documents in"
-                          " the user turn; raw: a plain RAG prompt for off-the-shelf models")
+    add_dataclass_arguments(gen, GenerationSettings, only=("docs", "ndocs", "prompt", "max_new_tokens", "batch_size"),
+                            custom={"docs": {"choices": DOCS}, "prompt": {"choices": LAYOUTS}, "ndocs": {"metavar": "K"}})
     gen.add_argument("--output", required=True,
                      help="predictions, JSON Lines; an existing file needs --resume or --overwrite")
-    gen.add_argument("--batch-size", "--batch_size", type=int, default=8, help="records per batch (speed only)")
-    gen.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=300)
     gen.add_argument("--limit", type=int, help="only the first N records")
     gen.add_argument("--resume", action="store_true",
                      help="skip ids already in --output; refused when its rows were made with other settings"
@@ -203,8 +198,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .runs import load_for_generation
 
     # Settings and paths first: a bad value is refused before a model is loaded or --output touched.
-    settings = GenerationSettings(docs=args.docs, ndocs=args.ndocs, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
-                                  batch_size=args.batch_size, model=args.model, adapter=args.adapter)
+    given = {k: getattr(args, k) for k in ("docs", "ndocs", "prompt", "max_new_tokens", "batch_size")}
+    settings = GenerationSettings(**{k: v for k, v in given.items() if v is not None}, model=args.model, adapter=args.adapter)
     _check_local("--model", args.model)
     # Without --model the base model is read from the adapter's folder, so it must be here.
     _check_local("--adapter", args.adapter, must_exist=args.model is None)

@@ -10,7 +10,7 @@ import argparse
 import difflib
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "SEED_ALIASES", "add_train_arguments", "add_dataclass_arguments",
            "config_from_args", "dump_config", "strict_bool", "json_object"]
@@ -273,16 +273,19 @@ def _default_text(value: Any) -> str:
 
 
 def add_dataclass_arguments(parser: Any, cls: type, *, aliases: dict[str, list[str]] | None = None,
-                            custom: dict[str, dict[str, Any]] | None = None) -> None:
+                            custom: dict[str, dict[str, Any]] | None = None, only: Sequence[str] | None = None) -> None:
     """One flag per field of the dataclass ``cls``, help from the field's ``metadata["help"]`` and its default.
 
     Each field gets ``--dashed-name`` and ``--underscored_name`` (and its ``aliases``); booleans take
     an optional true/false, numbers and JSON objects are parsed, strings and lists (comma-separated)
     stay text. Every flag defaults to None, so what was not given is left to the recipe or the
-    dataclass's default. ``custom`` overrides the argparse settings of single fields.
+    dataclass's default. ``custom`` overrides the argparse settings of single fields; ``only`` limits
+    the flags to those fields.
     """
     aliases, custom = aliases or {}, custom or {}
     for f in fields(cls):
+        if only is not None and f.name not in only:
+            continue
         names = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else []) + aliases.get(f.name, [])
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         kwargs: dict[str, Any] = {"dest": f.name, "default": None,

@@ -28,17 +28,26 @@ __all__ = ["GenerationSettings", "generate_records", "written_ids", "check_resum
 SPEED_ONLY = frozenset({"batch_size"})
 
 
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class GenerationSettings:
-    docs: str = "gold"
-    ndocs: int = 1
-    prompt: str = "prefill"
-    max_new_tokens: int = 300
-    batch_size: int = 8
-    greedy: bool = True
-    model: str | None = None
-    adapter: str | None = None
-    extra: dict = field(default_factory=dict)
+    """How predictions are made; every field but ``batch_size`` is part of what a prediction file means.
+    The field help is the ``cings generate`` flag help (config.add_dataclass_arguments)."""
+
+    docs: str = _f("gold", "which documents each prompt shows; topk: the K highest-scored passages when every passage"
+                           " has a 'score' (file order when none has; a record with only some scored is refused)")
+    ndocs: int = _f(1, "documents per prompt (gold, gold+distractors, topk)")
+    prompt: str = _f("prefill", "prefill: '## Context ... ## Answer' opens the assistant turn (CINGS); input: documents"
+                                " in the user turn; raw: a plain RAG prompt for off-the-shelf models")
+    max_new_tokens: int = _f(300, "the most tokens an answer may have")
+    batch_size: int = _f(8, "records per batch (speed only: outputs equal batch size 1's)")
+    greedy: bool = _f(True, "greedy decoding (false: sampling)")
+    model: str | None = _f(None, "the model spec the predictions came from (recorded in each row)")
+    adapter: str | None = _f(None, "the LoRA adapter the predictions came from (recorded in each row)")
+    extra: dict = field(default_factory=dict, metadata={"help": "more settings recorded in each row"})
 
     def __post_init__(self) -> None:
         # Checked on construction, so every caller (CLI, suite, demo) is refused before any output is touched.
@@ -59,8 +68,11 @@ class GenerationSettings:
 
 def _complete_rows(path: Path) -> list[tuple[int, str, dict]]:
     """``(lineno, line, row)`` of every whole prediction row."""
+    from .jsonl import iter_lines
+
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in iter_lines(path):  # a bad byte or a damaged stream is named FILE:LINE
+        line = line.rstrip("\r\n")
         try:
             row = json.loads(line)
         except json.JSONDecodeError:

@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-__all__ = ["RecordError", "COMPRESSED", "compression_of", "open_binary", "open_text", "iter_lines", "iter_jsonl",
+__all__ = ["RecordError", "COMPRESSED", "compression_of", "open_binary", "open_text", "open_for_writing", "iter_lines", "iter_jsonl",
            "read_text", "json_error", "loads"]
 
 
@@ -65,6 +65,15 @@ def open_text(path: str | Path) -> IO[str]:
         return open(path, encoding="utf-8")
     except OSError as err:
         raise RecordError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def open_for_writing(path: str | Path) -> IO[str]:
+    """A UTF-8 text handle that writes ``path``, compressed by its suffix like :func:`open_text` reads it
+    (an output named ``.jsonl.gz`` is gzip, not plain text under a misleading name)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compression = compression_of(path)
+    return COMPRESSED[compression](path, "wt", encoding="utf-8") if compression else open(path, "w", encoding="utf-8")
 
 
 def _stream_error(path: Path, lineno: int, err: BaseException) -> RecordError:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .jsonl import RecordError, iter_jsonl
+from .jsonl import RecordError, iter_jsonl, open_for_writing
 
 __all__ = ["Context", "Segment", "Record", "RecordError", "read_records", "parse_record", "write_records", "type_name"]
 
@@ -219,10 +219,9 @@ def read_records(path: str | Path) -> Iterator[Record]:
 
 
 def write_records(records: Iterable[Record], path: str | Path) -> int:
-    """Write records as JSON Lines; returns how many were written."""
+    """Write records as JSON Lines (gzip/bz2/xz by the suffix); returns how many were written."""
     n = 0
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
+    with open_for_writing(path) as handle:
         for record in records:
             handle.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
             n += 1
