@@ -181,13 +181,16 @@ def write_report(cfg: Any, root: Path, data: dict, trained: dict[str, dict], eva
             cells.append(f"{cf['context_rate']:.1f} / {cf['memory_rate']:.1f}" if cf else "–")
         md.append(f"| {m} | " + " | ".join(cells) + " |")
     md += ["", "## Training", "",
-           f"LoRA r{cfg.lora_r} (alpha {cfg.lora_alpha}, dropout 0.05) on every attention and MLP projection; {cfg.steps} steps of"
+           f"LoRA r{cfg.lora_r} (alpha {cfg.lora_alpha}, dropout 0.05) on every attention and MLP projection"
+           f"{f' of the top {cfg.lora_top_layers} layers' if getattr(cfg, 'lora_top_layers', None) else ''}; {cfg.steps} steps of"
            f" {cfg.batch_size} examples ({_micro(cfg)}), learning rate {cfg.learning_rate:g} constant,"
            f" seed {cfg.seed}, {precision}{f' ({precision_reason})' if precision_reason else ''}. Data: {d['train_records']} SQuAD v1.1 dev questions from {d['train_articles']}"
            f" articles (one pass, each passage cut to the sentences around its answer, at most {cfg.context_chars}"
            f" characters: {d['contexts_windowed']} were cut; {d['answer_not_in_passage_skipped']} skipped because the"
-           f" answer was not in the passage). Evaluation uses {d['heldout_articles']} other articles. The learning rate"
-           " is 10x the paper's 2e-5, which is for 8B models and 3 epochs of ~60k examples; docs/results.md has the study.",
+           f" answer was not in the passage). Evaluation uses {d['heldout_articles']} other articles"
+           f"{', their passages cut the same way' if 'heldout_contexts_windowed' in d else ''}. The learning rate"
+           f" is {cfg.learning_rate / 2e-5:g}x the paper's 2e-5, which is for 8B models and 3 epochs of ~60k examples;"
+           " docs/results.md has the study.",
            "", "| mode | steps | seed | examples | data order (sha256 of the batches) | train loss | tokens | trained tokens | time |",
            "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     for m, s in trained.items():
