@@ -15,9 +15,9 @@ from typing import Any
 
 def machine(*packages: str) -> dict[str, Any]:
     """CPU model, cores, Python and the versions of ``packages``."""
-    from cings.machine import cpu_name
+    from cings.machine import cpu_class, cpu_name
 
-    cpu = cpu_name()
+    cpu = f"{cpu_name()} ({cpu_class()})"
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     info: dict[str, Any] = {"uname": " ".join(x for x in platform.uname() if x), "cpu": cpu or "unknown",
                             "cpu_count": os.cpu_count(), "cpus_usable": affinity, "python": platform.python_version()}

@@ -128,3 +128,4 @@ def test_train_says_which_precision_and_why(tmp_path, capsys):
                              "output_dir": str(tmp_path), "precision": "fp32", "lora": True})
     chosen, load = precision_for(cfg)
     assert (chosen.name, chosen.reason, load) == ("fp32", "asked for", torch.float32)
+

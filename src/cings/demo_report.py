@@ -33,10 +33,10 @@ def _machine() -> str:
     import torch
     import transformers
 
-    from .machine import cpu_name
+    from .machine import cpu_class, cpu_name
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu_name()}, {os.cpu_count()} CPU cores, {gpu}; {platform.system()} {platform.release()}; "
+    return (f"{cpu_name()} ({cpu_class()}), {os.cpu_count()} CPU cores, {gpu}; {platform.system()} {platform.release()}; "
             f"torch {torch.__version__}, transformers {transformers.__version__}")
 
 
