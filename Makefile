@@ -35,7 +35,8 @@ test-all: $(STAMP)
 
 # The main job: SmolLM2-135M-Instruct trained as standard instruction tuning and as CINGS (LoRA, same
 # data, order, steps and seed), evaluated with and without documents; runs/demo/report.md + .png.
-# About 26 minutes on 2 CPU cores; stages resume if it is stopped. DEMO_ARGS=--quick for a 2-minute run.
+# 12 minutes on 2 AVX-512 BF16 cores (bf16), about 25 on AVX2-only ones (fp32; docs/results.md);
+# stages resume if it is stopped. DEMO_ARGS=--quick for a run of a few minutes.
 demo: $(STAMP)
 	$(VENV)/bin/cings demo $(DEMO_ARGS)
 

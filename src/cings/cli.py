@@ -154,7 +154,7 @@ def _add_eval_commands(sub) -> None:
                           description="Train the base model in several modes on SQuAD (LoRA, same data order, steps and"
                                       " seed), evaluate all of them with and without documents and under knowledge"
                                       " conflict, and write report.md, report.png and metrics.json. Stages resume.")
-    demo.add_argument("--quick", action="store_true", help="a few steps and records, same stages (about 2-5 minutes)")
+    demo.add_argument("--quick", action="store_true", help="a few steps and records, same stages (1-2 minutes)")
     demo.add_argument("--all-modes", action="store_true", help="also train input_context and no_mask")
     demo.add_argument("--output-dir", "--output_dir", default="runs/demo")
     demo.add_argument("--model", default="smollm2", help="model folder, .gguf file, or 'smollm2' (the default)")
