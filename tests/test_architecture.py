@@ -108,3 +108,9 @@ def test_no_default_path_needs_a_checkout():
     # parents[2] from src/cings/x.py is the checkout's root: absent where cings is pip-installed.
     offenders = [path.name for path in PACKAGE.rglob("*.py") if "parents[2]" in path.read_text(encoding="utf-8")]
     assert not offenders, f"{offenders} build a default path from the checkout (parents[2])"
+
+
+def test_only_the_cli_and_the_demo_import_the_suite_and_the_export():
+    for target in ("cings.suite", "cings.export"):
+        importers = sorted(m for m, deps in GRAPH.items() if target in deps and m not in ("cings.cli", "cings.demo", target))
+        assert not importers, f"{importers} import {target}"

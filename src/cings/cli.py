@@ -150,6 +150,20 @@ def _add_eval_commands(sub) -> None:
     suite.add_argument("--overwrite", action="store_true", help="replace existing predictions in --output-dir")
     suite.set_defaults(func=cmd_eval_suite)
 
+    exp = sub.add_parser("export", help="a training run -> a plain Hugging Face checkpoint (LoRA merged), verified",
+                         description="Write a run folder as a plain checkpoint that AutoModelForCausalLM and AutoTokenizer"
+                                     " load: a LoRA run merged into its base (a GGUF base dequantized), the tokenizer with"
+                                     " a pad token, the chat template, a generation config and the run's recipe. The"
+                                     " export is reloaded and its next-token logits compared with the run's.")
+    exp.add_argument("run_dir", help="a cings train output folder (finished)")
+    exp.add_argument("--output", required=True, help="the folder to write (must not exist or be empty)")
+    exp.add_argument("--merge-lora", "--merge_lora", action="store_true",
+                     help="merge a LoRA adapter into the base (always done: a plain checkpoint has no adapter)")
+    exp.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="weights' precision in the export")
+    exp.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
+    exp.add_argument("--overwrite", action="store_true", help="replace an earlier cings export in --output")
+    exp.set_defaults(func=cmd_export)
+
     demo = sub.add_parser("demo", help="the main job: SmolLM2 CINGS-trained against its baselines, evaluated, reported",
                           description="Train the base model in several modes on SQuAD (LoRA, same data order, steps and"
                                       " seed), evaluate all of them with and without documents and under knowledge"
@@ -254,6 +268,16 @@ def cmd_eval_suite(args: argparse.Namespace) -> int:
                        output_dir=args.output_dir, limit=args.limit, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, resume=args.resume, overwrite=args.overwrite)
     print(f"cings eval-suite: wrote {report}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    log = lambda msg: print(f"cings export: {msg}", file=sys.stderr)  # noqa: E731
+    report = export_run(args.run_dir, args.output, dtype=args.dtype, verify=not args.no_verify,
+                        overwrite=args.overwrite, log=log)
+    log(f"wrote {report['output']} ({report['kind']}, {report['dtype']}; pad token {report['pad_token']})")
     return 0
 
 

@@ -29,7 +29,10 @@ from .config import ConfigError, TrainConfig, dump_config, load_config
 __all__ = ["Run", "load_run", "checkpoints", "last_complete_checkpoint", "checkpoint_step", "data_fingerprint",
            "tokenizer_fingerprint", "tokenized_manifest", "check_tokenized", "check_resume", "open_output", "start_run", "record_written",
            "finish_run", "remove_run", "truncate_loss_log", "RESUMABLE", "CONFIG_FILE", "DATA_FILE", "FILES_FILE",
-           "LOSS_LOG", "DATA_ORDER", "load_for_generation"]
+           "LOSS_LOG", "DATA_ORDER", "load_for_generation", "write_export_record", "EXPORT_RECIPE", "EXPORT_FILE"]
+
+EXPORT_RECIPE = "cings_recipe.yaml"  # the run's recipe, beside an export (not a run folder: no cings_config.yaml)
+EXPORT_FILE = "cings_export.json"
 
 CONFIG_FILE = "cings_config.yaml"
 DATA_FILE = "cings_data.json"
@@ -213,6 +216,20 @@ def load_for_generation(model: str | None, *, adapter: str | None = None, gguf_f
     options = recipe.render_options() if recipe is not None else RenderOptions()
     spec = "model_config" if source.model_config else str(source.model)
     return base.to(dtype).eval(), tok, options, spec
+
+
+def write_export_record(run_dir: str | Path, export_dir: str | Path, info: dict[str, Any]) -> None:
+    """Beside an export: the run's recipe (as ``cings_recipe.yaml``, so the folder is not taken for a
+    run) and what the export was made from (``cings_export.json``: run, data fingerprint, ``info``)."""
+    run = load_run(run_dir)
+    if run is None:
+        raise ConfigError(f"{run_dir}: not a cings run folder")
+    export_dir = Path(export_dir)
+    if run.config is not None:
+        dump_config(run.config, export_dir / EXPORT_RECIPE)
+    _write_json(export_dir / EXPORT_FILE, {"run": str(Path(run_dir).resolve()), **info,
+                                           "fingerprint": run.data.get("fingerprint"),
+                                           "render_options": run.render_options})
 
 
 # ---------------------------------------------------------------- fingerprints
