@@ -202,12 +202,18 @@ def test_a_bad_number_is_refused_before_the_output_is_touched(tmp_path, capsys, 
         GenerationSettings(batch_size=0)  # library callers are refused too
 
 
-def test_resume_refuses_rows_of_other_settings_naming_each_key(tmp_path, tiny):
+def _first_rows(tmp_path, tiny, limit):
+    """``(model, tok, opts, path)`` with the first ``limit`` records generated into ``path``."""
     model, tok = tiny
     path = tmp_path / "p.jsonl"
     opts = RenderOptions(system_prompt=None)
-    generate_records(records(), model, tok, opts, GenerationSettings(max_new_tokens=3, batch_size=2), path, limit=3,
+    generate_records(records(), model, tok, opts, GenerationSettings(max_new_tokens=3, batch_size=2), path, limit=limit,
                      progress=False)
+    return model, tok, opts, path
+
+
+def test_resume_refuses_rows_of_other_settings_naming_each_key(tmp_path, tiny):
+    model, tok, opts, path = _first_rows(tmp_path, tiny, 3)
     before = path.read_text()
     with pytest.raises(RecordError, match=r"p.jsonl:1: --resume with other settings.*docs: 'gold' in the file, 'topk' now;"
                                           r" max_new_tokens: 3 in the file, 4 now"):
@@ -224,11 +230,7 @@ def test_resume_refuses_rows_of_other_settings_naming_each_key(tmp_path, tiny):
 
 
 def test_resuming_a_file_with_a_bad_byte_names_its_line(tmp_path, tiny):
-    model, tok = tiny
-    path = tmp_path / "p.jsonl"
-    opts = RenderOptions(system_prompt=None)
-    generate_records(records(), model, tok, opts, GenerationSettings(max_new_tokens=3, batch_size=2), path, limit=2,
-                     progress=False)
+    model, tok, opts, path = _first_rows(tmp_path, tiny, 2)
     path.write_bytes(path.read_bytes() + b'{"id": "x\xff"}\n')
     before = path.read_bytes()
     with pytest.raises(RecordError, match=r"p.jsonl:3: .*UTF-8"):

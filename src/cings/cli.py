@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------- inference and evaluation
 
+# The GenerationSettings fields that are `cings generate` flags (model and adapter have their own).
+_GENERATE_FLAGS = ("docs", "ndocs", "prompt", "max_new_tokens", "batch_size")
+
+
 def _add_eval_commands(sub) -> None:
     from .config import add_dataclass_arguments
     from .generate import GenerationSettings
@@ -102,7 +106,7 @@ def _add_eval_commands(sub) -> None:
     gen.add_argument("--gguf-file", "--gguf_file", help="GGUF file name inside the model folder")
     gen.add_argument("--tokenizer", help="tokenizer, when not the run's or the model's")
     gen.add_argument("--input", required=True, help="grounded records")
-    add_dataclass_arguments(gen, GenerationSettings, only=("docs", "ndocs", "prompt", "max_new_tokens", "batch_size"),
+    add_dataclass_arguments(gen, GenerationSettings, only=_GENERATE_FLAGS,
                             custom={"docs": {"choices": DOCS}, "prompt": {"choices": LAYOUTS}, "ndocs": {"metavar": "K"}})
     gen.add_argument("--output", required=True,
                      help="predictions, JSON Lines; an existing file needs --resume or --overwrite")
@@ -212,7 +216,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .runs import load_for_generation
 
     # Settings and paths first: a bad value is refused before a model is loaded or --output touched.
-    given = {k: getattr(args, k) for k in ("docs", "ndocs", "prompt", "max_new_tokens", "batch_size")}
+    given = {k: getattr(args, k) for k in _GENERATE_FLAGS}
     settings = GenerationSettings(**{k: v for k, v in given.items() if v is not None}, model=args.model, adapter=args.adapter)
     _check_local("--model", args.model)
     # Without --model the base model is read from the adapter's folder, so it must be here.

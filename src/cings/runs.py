@@ -180,7 +180,7 @@ def load_for_generation(model: str | None, *, adapter: str | None = None, gguf_f
     """
     import torch
 
-    from .loading import ModelSource, attach_adapter, load_causal_lm, load_tokenizer
+    from .loading import ModelSource, attach_adapter, load_causal_lm, load_tokenizer, resolve_model
     from .render import RenderOptions
 
     if adapter is not None and not Path(adapter).is_dir():
@@ -207,8 +207,7 @@ def load_for_generation(model: str | None, *, adapter: str | None = None, gguf_f
     tok_spec = tokenizer or next((d for d in (adapter, model) if d and (Path(d) / "tokenizer_config.json").is_file()),
                                  None) or (recipe.tokenizer if recipe is not None and recipe.tokenizer else None)
     tok = load_tokenizer(tok_spec or source.tokenizer_spec())
-    gguf = source.model is not None and source.model_config is None and (
-        str(source.model).endswith(".gguf") or source.gguf_file or str(source.model).lower() == "smollm2")
+    gguf = source.model_config is None and resolve_model(str(source.model), source.gguf_file)[1] is not None
     merge_in = torch.float32 if (adapter and gguf) else dtype  # a dequantized GGUF merges at full precision
     base = load_causal_lm(source, merge_in)  # a model_config base: the same seeded initialisation as the run's
     if adapter:
