@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cings.generate import GenerationSettings, generate_records
-    from cings.runs import load_for_generation
     from cings.loading import fast_bf16
     from cings.records import read_records
+    from cings.runs import load_for_generation
 
     dtype = torch.bfloat16 if fast_bf16() else torch.float32
     records = list(read_records(args.data))[: args.n]

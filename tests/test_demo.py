@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cings.demo import DemoError, demo_data_dir, Stages, check_same_schedule, window_context
+from cings.demo import DemoError, Stages, check_same_schedule, demo_data_dir, window_context
 
 PARAGRAPH = ("Super Bowl 50 was an American football game. The American Football Conference (AFC) champion "
              "Denver Broncos defeated the National Football Conference (NFC) champion Carolina Panthers 24-10. "

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from cings.generate import GenerationSettings, generate_records, written_ids
-from cings.runs import load_for_generation
 from cings.records import Context, Record, RecordError, write_records
 from cings.render import RenderOptions
+from cings.runs import load_for_generation
 
 from .conftest import build_tiny_bpe
 

@@ -141,10 +141,10 @@ def run_suite(suite: str | Path | None, *, model: str | None, adapter: str | Non
     """Generate and evaluate every entry of a suite YAML for one model; returns the report path."""
     from .evaluate import evaluate_file
     from .generate import generate_records
-    from .runs import load_for_generation
     from .prepare import prepare
     from .records import read_records
     from .report import compare_runs
+    from .runs import load_for_generation
 
     spec = load_suite(suite, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens)
     out = Path(output_dir)
