@@ -24,7 +24,11 @@ The runs are real launches (subprocesses with a timeout); each checks that two p
 accelerate distributed type and ZeRO-3's parameter partition). FSDP is not run: on CPU the Trainer
 does not shard with it (it silently runs DDP), see docs/distributed.md.
 
-Run: ``.venv/bin/python -m pytest -q -m dist tests/test_distributed.py`` (about 2-3 minutes on 2 cores;
+``cings export`` of a ZeRO-3 run that kept only its shards (``zero3_save_16bit_model: false``) is
+checked the same way: the gathered export (final folder and ``checkpoint-N``) must hold the 1-process
+run's weights within the same tolerance, and its own reload check must have passed.
+
+Run: ``.venv/bin/python -m pytest -q -m dist tests/test_distributed.py`` (about 3-4 minutes on 2 cores;
 the first DeepSpeed run JIT-compiles a communication op, about 40 s more).
 """
 
@@ -264,6 +268,51 @@ def test_zero3_matches_one_process_and_saves_plain_hf_weights(workdir, recipe, s
     assert (out / "model.safetensors").is_file()
     assert not (out / "zero_to_fp32.py").exists() and not list(out.glob("global_step*"))
     print(f"\nZeRO-3 x2: {seconds:.1f} s, max |dw| {diff:.3g}")
+
+
+@pytest.mark.dist
+def test_zero3_shards_only_export_gathers_the_one_process_weights(workdir, recipe, single):
+    """A ZeRO-3 run without 16-bit gathering keeps only shards; `cings export` gathers them (fp32 masters)."""
+    pytest.importorskip("deepspeed")
+    import re
+
+    import yaml
+    from transformers import AutoTokenizer
+
+    from cings.runs import load_run
+
+    accel = yaml.safe_load((ACCELERATE_CONFIGS / "zero3.yaml").read_text())
+    accel["deepspeed_config"]["zero3_save_16bit_model"] = False
+    (workdir / "zero3-shards.yaml").write_text(yaml.safe_dump(accel))
+    out, log = workdir / "zero3-shards", workdir / "zero3-shards.log"
+    cmd = [*_tool("accelerate", "accelerate.commands.accelerate_cli"), "launch",
+           "--config_file", str(workdir / "zero3-shards.yaml"), "--num_processes", "2",
+           "--main_process_port", str(_free_port()), "-m", "cings_dist_probe", *_train_args(recipe, out),
+           "--save-strategy", "steps", "--save-steps", str(STEPS)]  # checkpoint-3: the same state as the end
+    seconds = _launch(cmd, log, {"PYTHONPATH": str(workdir / "probe")})
+    _check_two_processes(out, log)
+    # What transformers 5.23's save_model writes here: config and tokenizer, the shards (global_stepN/,
+    # latest) and zero_to_fp32.py; the dummy weights file it saved first is removed.
+    assert not list(out.glob("model*.safetensors")) and (out / "config.json").is_file() and (out / "zero_to_fp32.py").is_file()
+    assert (out / "latest").read_text().strip() == f"global_step{STEPS}" and (out / f"global_step{STEPS}").is_dir()
+    run = load_run(out)
+    assert run.finished and not run.weights and run.shards == "zero"
+    diffs = {}
+    for name, folder in (("final", out), ("checkpoint", out / f"checkpoint-{STEPS}")):
+        export, export_log = workdir / f"zero3-export-{name}", workdir / f"zero3-export-{name}.log"
+        _launch([sys.executable, "-m", "cings", "export", str(folder), "--output", str(export)], export_log)
+        said = export_log.read_text()
+        # export's own check: the reloaded export's next-token logits equal the gathered model's
+        verified = re.search(r"verified: reloaded, next-token logits within (\S+) of the gathered model's", said)
+        assert verified, said[-3000:]
+        record = json.loads((export / "cings_export.json").read_text())
+        assert record["source"]["read"] == "zero" and record["kind"] == "full"
+        # the gather is right, not only self-consistent: the 1-process run's weights
+        diffs[name] = (_max_diff(_params(export), single["weights"]), float(verified.group(1)))
+        assert diffs[name][0] <= WEIGHT_TOL, f"{name}: max |w - w_single| = {diffs[name][0]:.3g} > {WEIGHT_TOL}"
+        tok = AutoTokenizer.from_pretrained(export)
+        assert tok.pad_token is not None and tok.chat_template
+    print(f"\nZeRO-3 x2, shards only: {seconds:.1f} s; export max |dw| vs 1 process, logit check: {diffs}")
 
 
 @pytest.mark.dist

@@ -29,7 +29,8 @@ from .config import ConfigError, TrainConfig, dump_config, load_config
 __all__ = ["Run", "load_run", "checkpoints", "last_complete_checkpoint", "checkpoint_step", "data_fingerprint",
            "tokenizer_fingerprint", "tokenized_manifest", "check_tokenized", "check_resume", "open_output", "start_run", "record_written",
            "finish_run", "remove_run", "truncate_loss_log", "RESUMABLE", "CONFIG_FILE", "DATA_FILE", "FILES_FILE",
-           "LOSS_LOG", "DATA_ORDER", "load_for_generation", "write_export_record", "EXPORT_RECIPE", "EXPORT_FILE"]
+           "LOSS_LOG", "DATA_ORDER", "load_for_generation", "write_export_record", "EXPORT_RECIPE", "EXPORT_FILE",
+           "has_weights", "shard_kind", "checkpoint_complete", "run_and_weights"]
 
 EXPORT_RECIPE = "cings_recipe.yaml"  # the run's recipe, beside an export (not a run folder: no cings_config.yaml)
 EXPORT_FILE = "cings_export.json"
@@ -87,7 +88,11 @@ class Run:
     gguf_file: str | None
     model_config: dict | None  # a fresh model built from this config (tests, smoke runs)
     adapter: bool  # the folder holds a LoRA adapter (adapter_config.json) on top of ``model``
-    weights: bool  # the folder holds final weights (a model or an adapter)
+    weights: bool  # the folder holds final weights that from_pretrained reads (a model or an adapter)
+    # the folder holds sharded weights instead (or as well): "zero" (DeepSpeed ZeRO: ``latest`` and
+    # ``global_stepN/``, what save_model writes under ZeRO-3 without 16-bit gathering), "fsdp"
+    # (``pytorch_model_fsdp_0/``, torch distributed-checkpoint shards), or None
+    shards: str | None = None
 
     @property
     def render_options(self) -> dict[str, Any] | None:
@@ -127,6 +132,33 @@ def checkpoints(folder: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def has_weights(folder: str | Path) -> bool:
+    """``folder`` holds weights that ``from_pretrained`` (or peft) reads: a model, plain or sharded, or an adapter."""
+    folder = Path(folder)
+    return any((folder / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                                                 "pytorch_model.bin.index.json", "adapter_model.safetensors",
+                                                 "adapter_model.bin"))
+
+
+def shard_kind(folder: str | Path) -> str | None:
+    """The kind of training-time shards in ``folder``: "zero" (a DeepSpeed checkpoint: ``latest`` naming its
+    ``global_stepN/`` folder), "fsdp" (``pytorch_model_fsdp_0/``, a distributed checkpoint), or None."""
+    folder = Path(folder)
+    latest = folder / "latest"
+    if latest.is_file():
+        tag = latest.read_text(encoding="utf-8").strip()
+        if tag and (folder / tag).is_dir():
+            return "zero"
+    if (folder / "pytorch_model_fsdp_0" / ".metadata").is_file():
+        return "fsdp"
+    return None
+
+
+def checkpoint_complete(checkpoint: str | Path) -> bool:
+    """The Trainer finished writing ``checkpoint`` (its state and some weights are there)."""
+    return Path(checkpoint).is_dir() and _complete(Path(checkpoint))
+
+
 def _complete(checkpoint: Path) -> bool:
     # The Trainer writes trainer_state.json last; a kill while saving leaves a folder without it (or
     # without weights), and resuming from it would fail or load half a state.
@@ -159,12 +191,25 @@ def load_run(folder: str | Path) -> Run | None:
     # Runs before the "finished" flag wrote cings_data.json only at their end.
     finished = bool(data.get("finished", bool(data)))
     adapter = (folder / "adapter_config.json").is_file()
-    weights = any((folder / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                                                   "adapter_model.safetensors", "adapter_model.bin"))
     return Run(folder=folder, config=config, data=data, checkpoints=checkpoints(folder),
                last_complete_checkpoint=last_complete_checkpoint(folder), finished=finished,
                model=config.model if config else None, gguf_file=config.gguf_file if config else None,
-               model_config=config.model_config if config else None, adapter=adapter, weights=weights)
+               model_config=config.model_config if config else None, adapter=adapter, weights=has_weights(folder),
+               shards=shard_kind(folder))
+
+
+def run_and_weights(path: str | Path) -> tuple[Run, Path] | None:
+    """``(the run, the folder to read weights from)`` for a run folder or one of its ``checkpoint-N``
+    folders (whose run is the folder above it); None when ``path`` is neither."""
+    path = Path(path)
+    run = load_run(path)
+    if run is not None:
+        return run, path
+    if _CHECKPOINT.fullmatch(path.name) and path.is_dir():
+        run = load_run(path.parent)
+        if run is not None:
+            return run, path
+    return None
 
 
 # ---------------------------------------------------------------- a run's model, for generation
@@ -185,8 +230,10 @@ def load_for_generation(model: str | None, *, adapter: str | None = None, gguf_f
 
     if adapter is not None and not Path(adapter).is_dir():
         raise ConfigError(f"--adapter {adapter}: no such folder")
-    run = load_run(adapter) if adapter else None
-    run = run or (load_run(model) if model else None)
+    # a checkpoint-N folder inside a run reads the run's recipe (base model, render options)
+    found = run_and_weights(adapter) if adapter else None
+    found = found or (run_and_weights(model) if model and Path(model).is_dir() else None)
+    run = found[0] if found else None
     recipe = run.config if run is not None else None
     if model is None:
         if adapter is None:
