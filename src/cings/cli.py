@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--plain", action="store_true", help="no colour: mark trained text with [[ ]]")
     pre.set_defaults(func=cmd_preview)
     _add_data_commands(sub)
+    _add_vlm_commands(sub)
 
     from .config import add_train_arguments
 
@@ -156,14 +157,19 @@ def _add_eval_commands(sub) -> None:
 
     exp = sub.add_parser("export", help="a training run -> a plain Hugging Face checkpoint (LoRA merged), verified",
                          description="Write a run folder as a plain checkpoint that AutoModelForCausalLM and AutoTokenizer"
-                                     " load: a LoRA run merged into its base (a GGUF base dequantized), the tokenizer with"
-                                     " a pad token, the chat template, a generation config and the run's recipe. The"
-                                     " export is reloaded and its next-token logits compared with the run's.")
-    exp.add_argument("run_dir", help="a cings train output folder (finished)")
+                                     " load: a LoRA run merged into its base (a GGUF base dequantized), DeepSpeed ZeRO or"
+                                     " FSDP shards gathered, the tokenizer with a pad token, the chat template, a"
+                                     " generation config and the run's recipe. The export is reloaded and its"
+                                     " next-token logits compared with the source model's.")
+    exp.add_argument("run_dir", help="a cings train output folder (finished), or a checkpoint-N folder inside one")
     exp.add_argument("--output", required=True, help="the folder to write (must not exist or be empty)")
     exp.add_argument("--merge-lora", "--merge_lora", action="store_true",
                      help="merge a LoRA adapter into the base (always done: a plain checkpoint has no adapter)")
-    exp.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="weights' precision in the export")
+    exp.add_argument("--dtype", choices=("fp32", "bf16"), help="weights' precision in the export (default fp32;"
+                     " bf16 with --for llava)")
+    exp.add_argument("--for", dest="target", choices=("llava",), help="llava: also loadable by the official LLaVA code"
+                     " (haotian-liu/LLaVA): config and tokenizer files in its transformers' field names, pad = unk ="
+                     " an unused special token; docs/llava.md")
     exp.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
     exp.add_argument("--overwrite", action="store_true", help="replace an earlier cings export in --output")
     exp.set_defaults(func=cmd_export)
@@ -279,9 +285,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run
 
     log = lambda msg: print(f"cings export: {msg}", file=sys.stderr)  # noqa: E731
-    report = export_run(args.run_dir, args.output, dtype=args.dtype, verify=not args.no_verify,
+    report = export_run(args.run_dir, args.output, dtype=args.dtype, target=args.target, verify=not args.no_verify,
                         overwrite=args.overwrite, log=log)
     log(f"wrote {report['output']} ({report['kind']}, {report['dtype']}; pad token {report['pad_token']})")
+    if report.get("for") == "llava":
+        for line in report["adjustments"][1:]:
+            log(f"for llava: {line}")
+        log(f"for llava: LLaVA's environment needs {report['llava_transformers']}; see docs/llava.md")
     return 0
 
 
@@ -507,6 +517,97 @@ def cmd_preview(args: argparse.Namespace) -> int:
     renderer = _renderer(args)
     shown = preview_file(args.input, renderer, n=args.n, plain=args.plain)
     return 0 if shown else 1
+
+
+# ---------------------------------------------------------------- vision-language commands
+
+def _add_vlm_commands(sub) -> None:
+    from .config import add_dataclass_arguments
+    from .train_vlm import VlmTrainConfig
+
+    vlm = sub.add_parser("vlm", help="the vision-language stage: build a LLaVA model, train it in two stages, POPE",
+                         description="A LLaVA-style model on transformers' LlavaForConditionalGeneration: a CLIP or SigLIP"
+                                     " tower, a 2-layer MLP projector and a (cings-trained) language model.")
+    verbs = vlm.add_subparsers(dest="vlm_command", required=True, metavar="VERB")
+    build = verbs.add_parser("build", help="vision tower + language model -> a LLaVA folder (AutoProcessor included)")
+    build.add_argument("--vision-tower", "--vision_tower", required=True, help="a CLIP or SigLIP (vision) model folder")
+    build.add_argument("--language-model", "--language_model", required=True,
+                       help="a causal LM folder with a chat template and a pad token (`cings export` writes one)")
+    build.add_argument("--output", required=True, help="the folder to write")
+    build.add_argument("--overwrite", action="store_true", help="replace an earlier `cings vlm build` in --output")
+    build.set_defaults(func=cmd_vlm_build)
+
+    train = verbs.add_parser("train", help="pretrain (projector) or finetune (projector + LM, LoRA or full) on LLaVA data",
+                             description="One stage of LLaVA training; launch with accelerate for several processes.")
+    add_dataclass_arguments(train, VlmTrainConfig, custom={"stage": {"choices": ["pretrain", "finetune"]},
+                                                           "precision": {"choices": ["auto", "bf16", "fp32"]}})
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_vlm_train)
+
+    gen = verbs.add_parser("generate", help="answer image questions (JSONL: id, image, question) with a LLaVA folder")
+    gen.add_argument("--model", required=True, help="a LLaVA folder (`cings vlm build` or `vlm train` output)")
+    gen.add_argument("--questions", "--input", dest="questions", required=True, help="JSONL: id, image, question (+ label, split)")
+    gen.add_argument("--image-folder", "--image_folder", help="images are relative to it (default: the questions' folder)")
+    gen.add_argument("--output", required=True, help="predictions, one JSON a line")
+    gen.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=16,
+                     help="1 = one forward per question (enough for POPE's yes/no)")
+    gen.add_argument("--batch-size", "--batch_size", type=int, default=16)
+    gen.add_argument("--short-answer", action="store_true", help=f"append LLaVA's {SHORT_ANSWER_TEXT!r}")
+    gen.add_argument("--resume", action="store_true", help="add the missing ids to an existing output (same settings)")
+    gen.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    gen.set_defaults(func=cmd_vlm_generate)
+
+    ev = verbs.add_parser("evaluate", help="POPE metrics of yes/no predictions: accuracy, precision, recall, F1, yes-ratio",
+                          description="Rows carry id, prediction (the model's text), label (yes/no) and optionally split;"
+                                      " the official POPE rule parses the prediction (--rule strict: a first word yes/no)")
+    ev.add_argument("--predictions", required=True, help="JSONL from `cings vlm generate` (or any with the same fields)")
+    ev.add_argument("--output", required=True, help="METRICS.json")
+    ev.add_argument("--rule", choices=("official", "strict"), default="official", help="how an answer is read as yes/no")
+    ev.set_defaults(func=cmd_vlm_evaluate)
+
+
+SHORT_ANSWER_TEXT = "Answer the question using a single word or phrase."
+
+
+def cmd_vlm_build(args: argparse.Namespace) -> int:
+    from .vision.build import build_vlm
+
+    log = lambda msg: print(f"cings vlm build: {msg}", file=sys.stderr)  # noqa: E731
+    build_vlm(args.vision_tower, args.language_model, args.output, overwrite=args.overwrite, log=log)
+    return 0
+
+
+def cmd_vlm_train(args: argparse.Namespace) -> int:
+    from .train_vlm import VlmTrainConfig, train_vlm
+
+    given = {f.name: getattr(args, f.name) for f in fields(VlmTrainConfig) if getattr(args, f.name, None) is not None}
+    result = train_vlm(VlmTrainConfig(**given), progress=not args.no_progress)
+    print(f"cings vlm train: {result['stage']}, {result['steps']} steps, loss {result['first_loss']:.4g} ->"
+          f" {result['last_loss']:.4g}; model in {result['output_dir']}", file=sys.stderr)
+    return 0
+
+
+def cmd_vlm_generate(args: argparse.Namespace) -> int:
+    from .vision.generate import SHORT_ANSWER, generate_answers
+
+    log = lambda msg: print(f"cings vlm generate: {msg}", file=sys.stderr)  # noqa: E731
+    report = generate_answers(args.model, args.questions, args.output, image_folder=args.image_folder,
+                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                              suffix=SHORT_ANSWER if args.short_answer else "", resume=args.resume,
+                              overwrite=args.overwrite, log=log)
+    log(f"wrote {report['output']} ({report['generated']} new, {report['kept']} kept)")
+    return 0
+
+
+def cmd_vlm_evaluate(args: argparse.Namespace) -> int:
+    from .pope import evaluate_file
+
+    metrics = evaluate_file(args.predictions, args.output, rule=args.rule)
+    shown = ", ".join(f"{k} {metrics[k]:.1f}" for k in ("accuracy", "precision", "recall", "f1", "yes_ratio"))
+    splits = "; ".join(f"{name}: acc {m['accuracy']:.1f} f1 {m['f1']:.1f}" for name, m in metrics.get("splits", {}).items())
+    print(f"cings vlm evaluate: n {metrics['n']}: {shown}" + (f" ({splits})" if splits else "") + f"; wrote {args.output}",
+          file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
