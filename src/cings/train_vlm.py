@@ -205,7 +205,12 @@ def train_vlm(cfg: VlmTrainConfig, *, callbacks: Sequence[Any] = (), progress: b
         remove_unused_columns=False, disable_tqdm=not progress, ddp_find_unused_parameters=False,
     )
     set_seed(cfg.seed)
-    model = LlavaForConditionalGeneration.from_pretrained(cfg.model, dtype=torch.float32)
+    # Trainer's own resume reads the checkpoint's safetensors by key, but LLaVA folders are written in
+    # transformers' legacy key names (language_model.model.*), so nothing would match and training
+    # would go on from the stage's starting weights; from_pretrained maps the names. A LoRA checkpoint
+    # holds only the adapter, which Trainer loads itself onto the stage's base.
+    source = str(resume) if resume is not None and not cfg.lora else cfg.model
+    model = LlavaForConditionalGeneration.from_pretrained(source, dtype=torch.float32)
     model.config.use_cache = False
     model = _freeze(model, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
