@@ -302,14 +302,26 @@ def _evaluate(model_obj: Any, tok: Any, options: Any, spec: str, adapter: str | 
     return {"metrics": {k: metrics[k] for k in keep if k in metrics}, "generation": report}
 
 
-def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
-    """Run (or resume) every stage; returns the report path."""
-    from .demo_report import write_report
-    from .loading import LoadError, resolve_precision
-    from .runs import load_for_generation
+@dataclass
+class TextRuns:
+    """What :func:`train_modes` hands on: the demo folder, its stages, data and trained runs."""
 
-    log = log or (lambda msg: print(f"cings demo: {msg}", file=sys.stderr, flush=True))
-    started = time.perf_counter()
+    cfg: DemoConfig
+    root: Path
+    stages: Stages
+    data: dict
+    trained: dict[str, dict]
+    check: dict
+    precision: str
+    dtype: Any
+    chosen: Any
+
+
+def train_modes(cfg: DemoConfig, log: Callable[[str], None]) -> TextRuns:
+    """The demo's data and its trained modes, each reused when its recipe is unchanged (stage keys),
+    so ``cings demo --vlm`` after ``make demo`` trains nothing again."""
+    from .loading import LoadError, resolve_precision
+
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     bad = [m for m in cfg.modes if m not in ALL_MODES]
@@ -343,6 +355,19 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
                                                                 precision, k))
     _release()
     check = check_same_schedule({m: s["result"] for m, s in trained.items()})
+    return TextRuns(cfg, root, stages, data, trained, check, precision, dtype, chosen)
+
+
+def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
+    """Run (or resume) every stage; returns the report path."""
+    from .demo_report import write_report
+    from .runs import load_for_generation
+
+    log = log or (lambda msg: print(f"cings demo: {msg}", file=sys.stderr, flush=True))
+    started = time.perf_counter()
+    text = train_modes(cfg, log)
+    cfg, root, stages, data, trained, check = text.cfg, text.root, text.stages, text.data, text.trained, text.check
+    precision, dtype, chosen = text.precision, text.dtype, text.chosen
 
     models = {"base": None, **{m: str(root / "models" / m) for m in cfg.modes}}
     evals: dict[str, dict[str, dict]] = {}
