@@ -78,7 +78,8 @@ def test_the_closure_follows_the_package_graph():
 
 
 @pytest.mark.parametrize("module", ["cings.records", "cings.render", "cings.masking", "cings.chat_frame",
-                                    "cings.prompts", "cings.jsonl", "cings.evaluate", "cings.metrics"])
+                                    "cings.prompts", "cings.jsonl", "cings.evaluate", "cings.metrics",
+                                    "cings.pope"])
 def test_the_core_and_scoring_never_import_torch(module):
     assert module in GRAPH, f"{module} moved: update the rule"
     heavy = sorted(HEAVY & closure(module))
@@ -114,3 +115,13 @@ def test_only_the_cli_and_the_demo_import_the_suite_and_the_export():
     for target in ("cings.suite", "cings.export"):
         importers = sorted(m for m, deps in GRAPH.items() if target in deps and m not in ("cings.cli", "cings.demo", target))
         assert not importers, f"{importers} import {target}"
+
+
+def test_vision_never_imports_training():
+    vision = sorted(m for m in GRAPH if m.startswith("cings.vision."))
+    assert "cings.vision.build" in vision, "the vision folder moved: update the rule"
+    for module in vision:
+        banned = sorted(closure(module) & {"cings.train", "cings.trainer", "cings.train_vlm", "cings.dataset",
+                                           "cings.demo", "cings.suite", "cings.export"})
+        assert not banned, f"{module} reaches {banned}: training imports vision, never the other way"
+
