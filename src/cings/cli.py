@@ -179,6 +179,9 @@ def _add_eval_commands(sub) -> None:
                                       " seed), evaluate all of them with and without documents and under knowledge"
                                       " conflict, and write report.md, report.png and metrics.json. Stages resume.")
     demo.add_argument("--quick", action="store_true", help="a few steps and records, same stages (1-2 minutes)")
+    demo.add_argument("--vlm", action="store_true",
+                      help="then the VLM study: a small CLIP tower, LLaVA models on the standard-IT and CINGS backbones,"
+                           " POPE on held-out scenes (OUTPUT_DIR/vlm/report.md; docs/llava.md)")
     demo.add_argument("--all-modes", action="store_true", help="also train input_context and no_mask")
     demo.add_argument("--output-dir", "--output_dir", default="runs/demo")
     demo.add_argument("--model", default="smollm2", help="model folder, .gguf file, or 'smollm2' (the default)")
@@ -315,7 +318,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = DemoConfig.quick_preset(**kw) if args.quick else DemoConfig(**kw)
     if args.eval_n is not None:
         cfg.eval_n = {k: args.eval_n for k in cfg.eval_n}
-    run_demo(cfg)
+    if args.vlm:
+        from .demo_vlm import run_vlm_demo
+
+        run_vlm_demo(cfg)
+    else:
+        run_demo(cfg)
     return 0
 
 
@@ -557,6 +565,30 @@ def _add_vlm_commands(sub) -> None:
     gen.add_argument("--overwrite", action="store_true", help="replace an existing output")
     gen.set_defaults(func=cmd_vlm_generate)
 
+    scenes = verbs.add_parser("scenes", help="synthetic shape scenes: images, pretrain/finetune LLaVA data, POPE questions",
+                              description="The data of the CPU VLM study (cings.vision.scenes): training scenes as"
+                                          " captions (pretrain.json) and yes/no + description dialogues (finetune.json),"
+                                          " POPE questions on held-out scenes (pope.jsonl), images/.")
+    scenes.add_argument("--output", required=True, help="the folder to write (reused if written with the same settings)")
+    scenes.add_argument("--train", type=int, default=480, help="training scenes")
+    scenes.add_argument("--test", type=int, default=100, help="held-out scenes for POPE")
+    scenes.add_argument("--seed", type=int, default=1, help="training scenes' seed (test scenes: seed + 1)")
+    scenes.add_argument("--per-split", "--per_split", type=int, default=1, help="yes (and as many no) questions per scene and split")
+    scenes.set_defaults(func=cmd_vlm_scenes)
+
+    tower = verbs.add_parser("tower", help="train a small CLIP vision tower on the synthetic scenes (no download needed)",
+                             description="A CLIPVisionModel (64 px, 16 px patches) trained to tell which shapes are in a"
+                                         " scene, saved with save_pretrained and its processor so `vlm build` takes it.")
+    tower.add_argument("--output", required=True, help="the folder to write")
+    tower.add_argument("--train", type=int, default=2000, help="training scenes")
+    tower.add_argument("--steps", type=int, default=600, help="optimizer steps")
+    tower.add_argument("--batch-size", "--batch_size", type=int, default=64)
+    tower.add_argument("--layers", type=int, default=4, help="encoder layers")
+    tower.add_argument("--hidden-size", "--hidden_size", type=int, default=128)
+    tower.add_argument("--seed", type=int, default=0)
+    tower.add_argument("--overwrite", action="store_true", help="replace an earlier `cings vlm tower` in --output")
+    tower.set_defaults(func=cmd_vlm_tower)
+
     ev = verbs.add_parser("evaluate", help="POPE metrics of yes/no predictions: accuracy, precision, recall, F1, yes-ratio",
                           description="Rows carry id, prediction (the model's text), label (yes/no) and optionally split;"
                                       " the official POPE rule parses the prediction (--rule strict: a first word yes/no)")
@@ -596,6 +628,23 @@ def cmd_vlm_generate(args: argparse.Namespace) -> int:
                               suffix=SHORT_ANSWER if args.short_answer else "", resume=args.resume,
                               overwrite=args.overwrite, log=log)
     log(f"wrote {report['output']} ({report['generated']} new, {report['kept']} kept)")
+    return 0
+
+
+def cmd_vlm_scenes(args: argparse.Namespace) -> int:
+    from .vision.scenes import write_study
+
+    log = lambda msg: print(f"cings vlm scenes: {msg}", file=sys.stderr)  # noqa: E731
+    write_study(args.output, n_train=args.train, n_test=args.test, seed=args.seed, per_split=args.per_split, log=log)
+    return 0
+
+
+def cmd_vlm_tower(args: argparse.Namespace) -> int:
+    from .vision.tower import train_tower
+
+    log = lambda msg: print(f"cings vlm tower: {msg}", file=sys.stderr)  # noqa: E731
+    train_tower(args.output, n_train=args.train, steps=args.steps, batch_size=args.batch_size, layers=args.layers,
+                hidden_size=args.hidden_size, seed=args.seed, overwrite=args.overwrite, log=log)
     return 0
 
 
