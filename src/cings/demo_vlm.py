@@ -58,11 +58,12 @@ class VlmDemoConfig:
     lora_top_layers: int = _f(15, "LoRA on the top N layers of the language model (the text demo's choice)")
     seed: int = _f(0, "seed of the scenes, the data order and fresh weights")
     gen_batch_size: int = _f(32, "POPE questions per forward")
+    probe_scenes: int = _f(64, "held-out scenes of the image-reliance probe (caption loss, yes/no AUC)")
 
     @classmethod
     def quick_preset(cls) -> "VlmDemoConfig":
         return cls(tower_train=200, tower_steps=20, scenes_train=16, scenes_test=4, pretrain_steps=2, finetune_steps=2,
-                   batch_size=4, lora_top_layers=2, gen_batch_size=8)
+                   batch_size=4, lora_top_layers=2, gen_batch_size=8, probe_scenes=4)
 
 
 def _log_default(msg: str) -> None:
@@ -116,7 +117,8 @@ def run_vlm_demo(cfg: DemoConfig, vcfg: VlmDemoConfig | None = None, log: Callab
     from .pope import evaluate_file
     from .vision.build import build_vlm
     from .vision.generate import generate_answers
-    from .vision.scenes import write_study
+    from .vision.reliance import image_reliance, presence_auc
+    from .vision.scenes import KINDS, caption_records, draw, make_scenes, write_study
     from .vision.tower import REPORT_FILE, train_tower
 
     vcfg = vcfg or (VlmDemoConfig.quick_preset() if cfg.quick else VlmDemoConfig())
@@ -195,7 +197,17 @@ def run_vlm_demo(cfg: DemoConfig, vcfg: VlmDemoConfig | None = None, log: Callab
             return {"generation": report, "metrics": evaluate_file(b / "pope.pred.jsonl", b / "pope.metrics.json")}
 
         scored = stage(f"vlm-pope-{mode}", pope_key, pope)
-        runs[mode] = {"export": exported, "pretrain": pretrain, "finetune": finetune, "pope": scored}
+
+        def probe(b: Path = base) -> dict:
+            # Why POPE comes out as it does: is the image read at all (caption loss with its own image
+            # vs another scene's), and can the first answer token tell present from absent (AUC)?
+            test = make_scenes(scene_settings["n_test"], scene_settings["seed"] + 1)[:vcfg.probe_scenes]
+            images = [draw(s) for s in test]
+            return {"reliance": image_reliance(b / "finetune", caption_records(test), images, seed=vcfg.seed),
+                    "presence": presence_auc(b / "finetune", images, [set(s.kinds) for s in test], KINDS)}
+
+        probed = stage(f"vlm-probe-{mode}", _key("probe", ft_key, scene_settings, vcfg.probe_scenes), probe)
+        runs[mode] = {"export": exported, "pretrain": pretrain, "finetune": finetune, "pope": scored, "probe": probed}
         _release()
 
     same = {}
@@ -221,6 +233,7 @@ def run_vlm_demo(cfg: DemoConfig, vcfg: VlmDemoConfig | None = None, log: Callab
         "date": time.strftime("%Y-%m-%d"), "settings": asdict(vcfg), "tower": tower["result"], "scenes": data["result"],
         "same_schedule": same, "backbones": BACKBONES,
         "pope": {m: runs[m]["pope"]["result"]["metrics"] for m in BACKBONES},
+        "probe": {m: runs[m]["probe"]["result"] for m in BACKBONES},
         "paired_cings_minus_standard": paired,
         "seconds": seconds,
         "vlm_seconds_this_call": round(time.perf_counter() - started, 1),
@@ -246,6 +259,10 @@ def _report(m: dict, cfg: DemoConfig) -> str:
         a, y = d["accuracy"], d["yes_ratio"]
         diffs.append(f"| {split} | {a['diff']:+.1f} [{a['lo']:+.1f}, {a['hi']:+.1f}] | {y['diff']:+.1f}"
                      f" [{y['lo']:+.1f}, {y['hi']:+.1f}] |")
+    probe = ["| backbone | caption loss, own image | caption loss, another image | yes/no AUC |", "|---|---|---|---|"]
+    for mode, name in BACKBONES.items():
+        r, a = m["probe"][mode]["reliance"], m["probe"][mode]["presence"]
+        probe.append(f"| {name} | {r['own_image_loss']:.3f} | {r['other_image_loss']:.3f} | {a['auc']:.3f} |")
     t, s, sec = m["tower"], m["settings"], m["seconds"]
     stage_rows = "\n".join(f"| {k} | {v:.0f} |" for k, v in sec.items())
     return f"""# cings demo --vlm: does a CINGS backbone hallucinate fewer objects?
@@ -274,6 +291,14 @@ shapes that co-occur most with the present ones in the training scenes.
 
 A positive accuracy difference and a negative yes-ratio difference are what the paper's claim predicts
 (the CINGS backbone relies on the image, so it says "yes" to absent objects less often).
+
+## Does the model read the image at all?
+
+{chr(10).join(probe)}
+
+Caption loss: nats per answer token on {m['settings']['probe_scenes']} held-out scenes, with each scene's own image and with another
+scene's; the gap is how much the answer depends on the picture. AUC: logit("Yes") − logit("No") at the first answer
+token of "Is there a KIND in the image?" over every (scene, kind), against presence (0.5 = blind to it).
 
 ## Time per stage (seconds)
 
