@@ -182,6 +182,10 @@ def _add_eval_commands(sub) -> None:
     demo.add_argument("--vlm", action="store_true",
                       help="then the VLM study: a small CLIP tower, LLaVA models on the standard-IT and CINGS backbones,"
                            " POPE on held-out scenes (OUTPUT_DIR/vlm/report.md; docs/llava.md)")
+    demo.add_argument("--vlm-finetune-steps", type=int, help="--vlm: finetune steps per backbone (default 60; --quick 2)")
+    demo.add_argument("--vlm-lora-layers", type=int, help="--vlm: LoRA on the top N LM layers in finetuning (default 15)")
+    demo.add_argument("--vlm-questions", choices=("pair", "all"), help="--vlm: yes/no questions per finetune dialogue"
+                      " (pair: one present + one absent kind; all: every present kind + as many absent)")
     demo.add_argument("--all-modes", action="store_true", help="also train input_context and no_mask")
     demo.add_argument("--output-dir", "--output_dir", default="runs/demo")
     demo.add_argument("--model", default="smollm2", help="model folder, .gguf file, or 'smollm2' (the default)")
@@ -319,9 +323,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.eval_n is not None:
         cfg.eval_n = {k: args.eval_n for k in cfg.eval_n}
     if args.vlm:
-        from .demo_vlm import run_vlm_demo
+        from .demo_vlm import VlmDemoConfig, run_vlm_demo
 
-        run_vlm_demo(cfg)
+        vcfg = VlmDemoConfig.quick_preset() if args.quick else VlmDemoConfig()
+        for flag, name in (("vlm_finetune_steps", "finetune_steps"), ("vlm_lora_layers", "lora_top_layers"),
+                           ("vlm_questions", "questions")):
+            if getattr(args, flag) is not None:
+                setattr(vcfg, name, getattr(args, flag))
+        run_vlm_demo(cfg, vcfg)
     else:
         run_demo(cfg)
     return 0
@@ -574,6 +583,8 @@ def _add_vlm_commands(sub) -> None:
     scenes.add_argument("--test", type=int, default=100, help="held-out scenes for POPE")
     scenes.add_argument("--seed", type=int, default=1, help="training scenes' seed (test scenes: seed + 1)")
     scenes.add_argument("--per-split", "--per_split", type=int, default=1, help="yes (and as many no) questions per scene and split")
+    scenes.add_argument("--questions", choices=("pair", "all"), default="pair",
+                        help="finetune dialogues: one present + one absent kind (pair), or every present kind + as many absent")
     scenes.set_defaults(func=cmd_vlm_scenes)
 
     tower = verbs.add_parser("tower", help="train a small CLIP vision tower on the synthetic scenes (no download needed)",
@@ -635,7 +646,8 @@ def cmd_vlm_scenes(args: argparse.Namespace) -> int:
     from .vision.scenes import write_study
 
     log = lambda msg: print(f"cings vlm scenes: {msg}", file=sys.stderr)  # noqa: E731
-    write_study(args.output, n_train=args.train, n_test=args.test, seed=args.seed, per_split=args.per_split, log=log)
+    write_study(args.output, n_train=args.train, n_test=args.test, seed=args.seed, per_split=args.per_split,
+                questions=args.questions, log=log)
     return 0
 
 

@@ -56,6 +56,7 @@ class VlmDemoConfig:
     finetune_lr: float = _f(5e-4, "LoRA rate of the finetune stage")
     lora_r: int = _f(16, "LoRA rank of the finetune stage")
     lora_top_layers: int = _f(15, "LoRA on the top N layers of the language model (the text demo's choice)")
+    questions: str = _f("pair", "finetune dialogues: pair (one present + one absent kind) or all (every present + as many absent)")
     seed: int = _f(0, "seed of the scenes, the data order and fresh weights")
     gen_batch_size: int = _f(32, "POPE questions per forward")
     probe_scenes: int = _f(64, "held-out scenes of the image-reliance probe (caption loss, yes/no AUC)")
@@ -147,7 +148,9 @@ def run_vlm_demo(cfg: DemoConfig, vcfg: VlmDemoConfig | None = None, log: Callab
     log(f"tower: held-out presence accuracy {acc:.3f}")
 
     scenes_dir = vlm / "scenes"
-    scene_settings = {"n_train": vcfg.scenes_train, "n_test": vcfg.scenes_test, "seed": vcfg.seed + 1}
+    scene_settings: dict[str, Any] = {"n_train": vcfg.scenes_train, "n_test": vcfg.scenes_test, "seed": vcfg.seed + 1}
+    if vcfg.questions != "pair":
+        scene_settings["questions"] = vcfg.questions
 
     def scenes() -> dict:
         if scenes_dir.exists():  # a folder of other settings: this stage's own output, replaced

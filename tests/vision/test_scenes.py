@@ -116,6 +116,22 @@ def test_records_are_llava_format_with_true_answers():
     assert first_asks["Yes"] > 10 and first_asks["No"] > 10  # order shuffled, so no position gives the answer away
 
 
+def test_all_questions_rule_asks_every_present_kind_and_as_many_absent():
+    scenes = sc.make_scenes(50, seed=2)
+    pair = sc.instruction_records(scenes, seed=0)
+    assert pair == sc.instruction_records(scenes, seed=0, questions="pair")
+    for scene, rec in zip(scenes, sc.instruction_records(scenes, seed=0, questions="all")):
+        conv = rec["conversations"]
+        asked = [_question_kind({"question": q["value"].removeprefix("<image>\n")}) for q in conv[:-2:2]]
+        answers = [a["value"] for a in conv[1:-2:2]]
+        assert len(set(asked)) == len(asked) and set(scene.kinds) <= set(asked)
+        assert answers.count("Yes") == answers.count("No") == len(scene.kinds)
+        assert all((k in scene.kinds) == (a == "Yes") for k, a in zip(asked, answers))
+        assert conv[-1]["value"] == sc.caption(scene)
+    with pytest.raises(ValueError, match="questions"):
+        sc.instruction_records(scenes, seed=0, questions="some")
+
+
 def test_write_study_writes_reuses_and_refuses(tmp_path):
     out = tmp_path / "study"
     logs = []

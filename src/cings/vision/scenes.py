@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 __all__ = [
     "KINDS", "COLOURS", "PAIRS", "PARTNER", "PARTNER_P", "SPLITS", "CANVAS", "BACKGROUND", "Obj", "Scene",
     "make_scenes", "draw", "caption", "pope_questions", "caption_records", "instruction_records", "save_images",
-    "multi_hot", "write_json", "write_jsonl", "write_study", "STUDY_FILE",
+    "multi_hot", "write_json", "write_jsonl", "write_study", "STUDY_FILE", "QUESTION_RULES",
 ]
 
 KINDS: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "bar")
@@ -246,23 +246,35 @@ def caption_records(scenes: list[Scene]) -> list[dict[str, Any]]:
     return [_record(s, [("Describe the image briefly.", caption(s))]) for s in scenes]
 
 
-def instruction_records(scenes: list[Scene], seed: int) -> list[dict[str, Any]]:
-    """LLaVA instruction records, one per scene: two presence questions (one present kind, one absent
-    kind drawn uniformly, in shuffled order; "Yes"/"No"), then "What shapes are in the image?" -> caption.
+QUESTION_RULES = ("pair", "all")
 
-    The absent kind is uniform on purpose: training on popular/adversarial negatives would teach the
-    very rule POPE's harder splits probe.
+
+def instruction_records(scenes: list[Scene], seed: int, questions: str = "pair") -> list[dict[str, Any]]:
+    """LLaVA instruction records, one per scene: presence questions, then "What shapes are in the
+    image?" -> the caption. ``questions="pair"``: one present kind ("Yes") and one absent kind ("No");
+    ``"all"``: every present kind and as many absent ones (more yes/no signal per record, longer
+    records). The order is shuffled, so no position gives the answer away.
+
+    The absent kinds are drawn uniformly on purpose: training on popular/adversarial negatives would
+    teach the very rule POPE's harder splits probe.
     """
+    if questions not in QUESTION_RULES:
+        raise ValueError(f"questions must be one of {', '.join(QUESTION_RULES)}, not {questions!r}")
     rng = np.random.default_rng(seed)
     records = []
     for s in scenes:
         present = _ordered(s.kinds)
         absent = [k for k in KINDS if k not in present]
-        qa: list[tuple[str, str]] = [(_question(present[int(rng.integers(len(present)))]), "Yes")]
-        if absent:
-            qa.append((_question(absent[int(rng.integers(len(absent)))]), "No"))
-        if len(qa) == 2 and rng.random() < 0.5:
-            qa.reverse()
+        if questions == "pair":
+            qa: list[tuple[str, str]] = [(_question(present[int(rng.integers(len(present)))]), "Yes")]
+            if absent:
+                qa.append((_question(absent[int(rng.integers(len(absent)))]), "No"))
+            if len(qa) == 2 and rng.random() < 0.5:
+                qa.reverse()
+        else:
+            chosen = sorted(rng.choice(len(absent), size=min(len(present), len(absent)), replace=False))
+            qa = [(_question(k), "Yes") for k in present] + [(_question(absent[i]), "No") for i in chosen]
+            qa = [qa[i] for i in rng.permutation(len(qa))]
         qa.append(("What shapes are in the image?", caption(s)))
         records.append(_record(s, qa))
     return records
@@ -302,7 +314,7 @@ STUDY_FILE = "scenes_study.json"
 
 
 def write_study(folder: str | Path, *, n_train: int, n_test: int, seed: int = 1, per_split: int = 1,
-                log: Callable[[str], Any] | None = None) -> dict[str, Any]:
+                questions: str = "pair", log: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """The VLM study's data in ``folder``: ``images/``, ``pretrain.json`` (captions of the training
     scenes), ``finetune.json`` (their instruction records), ``pope.jsonl`` (questions on held-out
     scenes, negatives from the training statistics) and ``scenes_study.json`` (settings + counts).
@@ -315,6 +327,8 @@ def write_study(folder: str | Path, *, n_train: int, n_test: int, seed: int = 1,
     folder = Path(folder)
     settings = {"n_train": n_train, "n_test": n_test, "seed": seed, "test_seed": seed + 1, "per_split": per_split,
                 "partner_p": PARTNER_P, "kinds": list(KINDS)}
+    if questions != "pair":  # only when set, so folders written before the option still match
+        settings["questions"] = questions
     marker = folder / STUDY_FILE
     if marker.is_file():
         found = json.loads(marker.read_text(encoding="utf-8"))
@@ -332,7 +346,7 @@ def write_study(folder: str | Path, *, n_train: int, n_test: int, seed: int = 1,
     if partial.exists():
         shutil.rmtree(partial)
     save_images(train + test, partial / "images")
-    pretrain, finetune = caption_records(train), instruction_records(train, seed)
+    pretrain, finetune = caption_records(train), instruction_records(train, seed, questions)
     pope = pope_questions(test, seed, per_split, statistics_from=train)
     write_json(pretrain, partial / "pretrain.json")
     write_json(finetune, partial / "finetune.json")
