@@ -625,8 +625,10 @@ def cmd_vlm_train(args: argparse.Namespace) -> int:
 
     given = {f.name: getattr(args, f.name) for f in fields(VlmTrainConfig) if getattr(args, f.name, None) is not None}
     result = train_vlm(VlmTrainConfig(**given), progress=not args.no_progress)
-    print(f"cings vlm train: {result['stage']}, {result['steps']} steps, loss {result['first_loss']:.4g} ->"
-          f" {result['last_loss']:.4g}; model in {result['output_dir']}", file=sys.stderr)
+    losses = ("loss " + " -> ".join(f"{result[k]:.4g}" for k in ("first_loss", "last_loss"))
+              if result["first_loss"] is not None else "no loss logged (fewer steps than --logging-steps)")
+    print(f"cings vlm train: {result['stage']}, {result['steps']} steps, {losses}; model in {result['output_dir']}",
+          file=sys.stderr)
     return 0
 
 

@@ -200,7 +200,9 @@ def train_vlm(cfg: VlmTrainConfig, *, callbacks: Sequence[Any] = (), progress: b
         output_dir=str(output), per_device_train_batch_size=cfg.micro_batch_size, gradient_accumulation_steps=accumulation,
         learning_rate=cfg.lr(), num_train_epochs=cfg.num_epochs, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_ratio,
         lr_scheduler_type="cosine", weight_decay=0.0, optim="adamw_torch", seed=cfg.seed, data_seed=cfg.seed,
-        bf16=precision.name == "bf16", use_cpu=not torch.cuda.is_available(), logging_steps=cfg.logging_steps,
+        bf16=precision.name == "bf16", use_cpu=not torch.cuda.is_available(),
+        # a run shorter than the logging interval still logs its loss (once, at its last step)
+        logging_steps=min(cfg.logging_steps, cfg.max_steps) if cfg.max_steps > 0 else cfg.logging_steps,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, report_to="none",
         remove_unused_columns=False, disable_tqdm=not progress, ddp_find_unused_parameters=False,
     )

@@ -123,3 +123,14 @@ def test_config_errors():
         VlmTrainConfig(model=".", data="x", stage="pretrain", lora=True).validate()
     with pytest.raises(ConfigError, match="no such folder"):
         VlmTrainConfig(model="/nowhere", data="x").validate()
+
+
+def test_a_run_shorter_than_the_logging_interval_still_logs_its_loss(tmp_path, tiny_vlm, caption_set, capsys):
+    from cings.cli import main
+
+    out = tmp_path / "short"
+    assert main(["vlm", "train", "--model", str(tiny_vlm), "--stage", "pretrain", "--data", str(caption_set),
+                 "--max-steps", "2", "--logging-steps", "5", "--global-batch-size", "4", "--micro-batch-size", "4",
+                 "--precision", "fp32", "--output-dir", str(out), "--no-progress"]) == 0
+    assert "2 steps, loss " in capsys.readouterr().err
+    assert json.loads((out / "cings_vlm_run.json").read_text())["last_loss"] is not None
