@@ -137,13 +137,24 @@ def test_quick_demo_end_to_end_killed_and_resumed(tmp_path):
 
     # one entry per (model, evaluation set), with the contract's fields
     entries = {(e["model"], e["eval_set"]): e for e in summary["entries"]}
-    sets = {"squad-prefill", "squad-input", "squad-counterfactual", "nq-gold", "hotpotqa-distractors", "nq-closed-book"}
+    sets = {"squad-prefill", "squad-input", "squad-counterfactual", "squad-counterfactual-input", "nq-gold",
+            "nq-gold-input", "hotpotqa-distractors", "hotpotqa-distractors-input", "nq-closed-book"}
     assert set(entries) == {(m, s) for m in ("base", "no_context", "context") for s in sets}
     for (model, name), e in entries.items():
         for key in ("acc", "em", "f1"):
             assert 0.0 <= e[key] <= 100.0, (model, name, key)
         assert e["n"] > 0
-        assert ("context_rate" in e and "memory_rate" in e) == (name == "squad-counterfactual")
+        assert ("context_rate" in e and "memory_rate" in e) == name.startswith("squad-counterfactual")
+
+    # every model in its best layout on every set with more than one layout, chosen by cross-fitting
+    best = summary["best_layout"]
+    assert set(best) == {"squad", "squad-counterfactual", "nq-gold", "hotpotqa-distractors"}
+    for task, per_model in best.items():
+        assert set(per_model) == {"base", "no_context", "context"}, task
+        for r in per_model.values():
+            assert set(r["per_layout"]) == {"prefill", "input"} and r["chosen"]["fold0"] in ("prefill", "input")
+            assert min(r["per_layout"].values()) <= r["value"] <= max(r["per_layout"].values()) or r["layout"].count("/")
+    assert "## Each model in its best layout" in (out / "report.md").read_text()
 
     # the trained modes shared their data order, steps and seed, and the report says so
     same = summary["same_schedule"]

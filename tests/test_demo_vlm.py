@@ -1,4 +1,4 @@
-"""``cings demo --vlm``: the paired difference by hand, the refusals, and (slow) the quick study end to
+"""``cings demo --vlm``: the presets, the refusals, and (slow) the quick study end to
 end on the real SmolLM2: killed mid-way, resumed, and a changed setting reruns only what it touches."""
 
 from __future__ import annotations
@@ -13,17 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cings.demo_vlm import VlmDemoConfig, _paired
-
-
-def test_paired_difference_by_hand():
-    # b - a per question: +1, 0, 0, -1, +1 -> mean 0.2, sd sqrt(((0.8^2)*2 + 0.2^2*2 + 1.2^2)/4) = sqrt(0.7)
-    d = _paired([0, 1, 0, 1, 0], [1, 1, 0, 0, 1])
-    assert d["n"] == 5 and d["diff"] == pytest.approx(20.0)
-    half = 1.96 * (0.7 ** 0.5) / 5 ** 0.5
-    assert d["lo"] == pytest.approx(100 * (0.2 - half)) and d["hi"] == pytest.approx(100 * (0.2 + half))
-    same = _paired([1, 0, 1], [1, 0, 1])
-    assert same == {"diff": 0.0, "lo": 0.0, "hi": 0.0, "n": 3}
+from cings.demo_vlm import VlmDemoConfig
 
 
 def test_quick_preset_is_smaller_in_every_cost():

@@ -20,6 +20,7 @@ from cings.metrics import (
     match,
     metrics_table_markdown,
     normalize_answer,
+    paired_difference,
     rouge_l,
     score_predictions,
 )
@@ -378,3 +379,18 @@ def test_figures_keep_full_precision_and_only_tables_round():
     assert out["acc"] == 100 * 3 / 7  # 42.857142857142854, not 42.8571
     assert any(round(x, 4) != x for x in out["acc_ci"])
     assert "| acc | 42.9 [" in metrics_table_markdown(out)
+
+
+def test_paired_difference_by_hand():
+    # b - a per question: +1, 0, 0, -1, +1 -> mean 0.2, sd sqrt(((0.8^2)*2 + 0.2^2*2 + 1.2^2)/4) = sqrt(0.7)
+    d = paired_difference([0, 1, 0, 1, 0], [1, 1, 0, 0, 1])
+    assert d["n"] == 5 and d["diff"] == pytest.approx(20.0)
+    half = 1.96 * (0.7 ** 0.5) / 5 ** 0.5
+    assert d["lo"] == pytest.approx(100 * (0.2 - half)) and d["hi"] == pytest.approx(100 * (0.2 + half))
+    same = paired_difference([1, 0, 1], [1, 0, 1])
+    assert same == {"diff": 0.0, "lo": 0.0, "hi": 0.0, "n": 3}
+
+
+def test_paired_difference_refuses_unpaired_scores():
+    with pytest.raises(ValueError, match="same records"):
+        paired_difference([1, 0], [1])

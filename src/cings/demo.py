@@ -42,13 +42,21 @@ class EvalSet:
     ndocs: int = 1
     about: str = ""
 
+    @property
+    def task(self) -> str:
+        """What is being measured, whatever the layout: the sets of one task differ only in ``prompt``."""
+        return f"{self.source}/{self.docs}/{self.ndocs}"
+
 
 EVAL_SETS = (
     EvalSet("squad-prefill", "squad-heldout", "gold", "prefill", about="held-out SQuAD articles, gold paragraph in the assistant turn (the CINGS layout)"),
     EvalSet("squad-input", "squad-heldout", "gold", "input", about="the same questions, paragraph in the user turn"),
     EvalSet("squad-counterfactual", "squad-counterfactual", "gold", "prefill", about="held-out paragraphs whose answer was swapped for another of the same type: context_rate vs memory_rate"),
+    EvalSet("squad-counterfactual-input", "squad-counterfactual", "gold", "input", about="the same conflicts, paragraph in the user turn"),
     EvalSet("nq-gold", "nq", "gold", "prefill", about="NQ-open with its gold passage"),
+    EvalSet("nq-gold-input", "nq", "gold", "input", about="the same questions, passage in the user turn"),
     EvalSet("hotpotqa-distractors", "hotpotqa", "gold+distractors", "prefill", ndocs=3, about="HotpotQA: the longest gold paragraph + 2 distractors"),
+    EvalSet("hotpotqa-distractors-input", "hotpotqa", "gold+distractors", "input", ndocs=3, about="the same passages in the user turn"),
     EvalSet("nq-closed-book", "nq", "none", "prefill", about="NQ-open without a passage: what the model knows by itself"),
 )
 

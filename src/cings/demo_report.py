@@ -16,7 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from .metrics import format_cell
+from .best_layout import crossfit_best_layout
+from .metrics import accuracy, conflict_outcome, format_cell, paired_difference
 
 __all__ = ["write_report", "MODE_MEANING"]
 
@@ -116,35 +117,94 @@ def _commands(cfg: Any, root: Path, model: str, es: Any, precision: str) -> str:
     return f"{shlex.join(head)} && {shlex.join(ev)}"
 
 
-def _verdict(by_model: dict[str, dict[str, dict]]) -> list[str]:
+def _record_scores(path: Path) -> tuple[str, dict[str, float]]:
+    """The metric a set is judged by and each record's score: context-following on a conflict set, else acc."""
+    from .evaluate import read_predictions
+
+    rows = [r for r in read_predictions(path) if r.get("answers")]
+    if rows and all(r.get("parametric_answers") for r in rows):
+        return "context_rate", {str(r["id"]): float(conflict_outcome(str(r.get("prediction") or ""), r["answers"],
+                                                                       r["parametric_answers"]) in ("context", "both"))
+                                for r in rows}
+    return "acc", {str(r["id"]): accuracy(str(r.get("prediction") or ""), r["answers"]) for r in rows}
+
+
+def _task_label(sets: Sequence[Any]) -> str:
+    first = sets[0].name
+    return first[: -len("-prefill")] if first.endswith("-prefill") else first
+
+
+def best_layouts(root: Path, models: Sequence[str], sets: Sequence[Any]) -> dict[str, dict[str, dict]]:
+    """``{task: {model: cross-fitted best layout}}`` for every task evaluated in more than one layout."""
+    tasks: dict[str, list[Any]] = {}
+    for es in sets:
+        tasks.setdefault(es.task, []).append(es)
+    out: dict[str, dict[str, dict]] = {}
+    for group in (g for g in tasks.values() if len({es.prompt for es in g}) > 1):
+        label = _task_label(group)
+        for model in models:
+            paths = {es.prompt: root / "evals" / model / es.name / "predictions.jsonl" for es in group}
+            if not all(path.is_file() for path in paths.values()):
+                continue
+            scored = {layout: _record_scores(path) for layout, path in paths.items()}
+            metric = next(iter(scored.values()))[0]
+            result = crossfit_best_layout({layout: values for layout, (_, values) in scored.items()})
+            out.setdefault(label, {})[model] = {"metric": metric, **result}
+    return out
+
+
+_TASK_WHAT = {"acc": "accuracy", "context_rate": "context-following rate under knowledge conflict"}
+
+
+def _verdict(best: dict[str, dict[str, dict]]) -> list[str]:
+    """CINGS against each other model, both in their own best layout, paired over the same records."""
     lines = []
-    if "context" not in by_model:
-        return lines
-    for set_name, key, what in (("squad-prefill", "acc", "accuracy on held-out SQuAD (prefill layout)"),
-                                ("squad-input", "acc", "accuracy on held-out SQuAD (input layout)"),
-                                ("nq-gold", "acc", "accuracy on NQ-open with its gold passage"),
-                                ("hotpotqa-distractors", "acc", "accuracy on HotpotQA with distractors"),
-                                ("squad-counterfactual", "context_rate", "context_rate under knowledge conflict")):
-        cings = by_model["context"].get(set_name, {})
-        if key not in cings:
+    for task, per_model in best.items():
+        cings = per_model.get("context")
+        if cings is None:
             continue
         for other in ("no_context", "base"):
-            m = by_model.get(other, {}).get(set_name, {})
-            if key not in m:
+            theirs = per_model.get(other)
+            if theirs is None:
                 continue
-            diff = cings[key] - m[key]
-            a, b = cings.get(f"{key}_ci"), m.get(f"{key}_ci")
-            overlap = a and b and not (a[0] > b[1] or b[0] > a[1])
-            word = ("is ahead of" if overlap else "beats") if diff > 0 else ("ties" if diff == 0 else "does not beat")
-            lines.append(f"- {what}: CINGS {cings[key]:.1f} vs {other} {m[key]:.1f} ({diff:+.1f} points): CINGS {word}"
-                         f" {other}{'; the 95% intervals overlap, so this is not a clear difference' if overlap else ''}.")
+            ids = sorted(set(cings["values"]) & set(theirs["values"]))
+            d = paired_difference([theirs["values"][i] for i in ids], [cings["values"][i] for i in ids])
+            clear = d["lo"] > 0 or d["hi"] < 0
+            word = ("beats" if d["diff"] > 0 else "is behind") if clear else "is level with"
+            lines.append(f"- {task}, {_TASK_WHAT[cings['metric']]}, each model in its best layout: CINGS ({cings['layout']})"
+                         f" {cings['value']:.1f} vs {other} ({theirs['layout']}) {theirs['value']:.1f}:"
+                         f" {d['diff']:+.1f} points [{d['lo']:+.1f}, {d['hi']:+.1f}] paired over {d['n']} records,"
+                         f" so CINGS {word} {other}{'' if clear else ' (the interval holds 0)'}.")
     return lines
+
+
+def _best_layout_table(best: dict[str, dict[str, dict]], models: Sequence[str]) -> list[str]:
+    if not best:
+        return []
+    md = ["## Each model in its best layout", "",
+          "Every model is scored in the layout that suits it, not only the CINGS layout: the passage at the start"
+          " of the assistant turn (`prefill`) or in the user turn (`input`). The layout is chosen without looking at"
+          " the records it is scored on (two-fold cross-fitting: the records are halved by a hash of their id, and"
+          " each half is scored in the layout that was better on the other half; `a/b` when the halves chose"
+          " differently). Per-layout scores on all records are in the tables below.", "",
+          "| model | " + " | ".join(f"{task} ({_TASK_WHAT[next(iter(per.values()))['metric']].split(' ')[0]})"
+                                   for task, per in best.items()) + " |",
+          "|---|" + "---:|" * len(best)]
+    for model in models:
+        cells = []
+        for per in best.values():
+            r = per.get(model)
+            cells.append("–" if r is None else f"{format_cell(r, 'value')} `{r['layout']}`")
+        md.append(f"| {model} | " + " | ".join(cells) + " |")
+    return md + [""]
 
 
 def write_report(cfg: Any, root: Path, data: dict, trained: dict[str, dict], evals: dict[str, dict[str, dict]],
                  sets: Sequence[Any], check: dict, precision: str, *, total_seconds: float, ran: Sequence[str],
                  precision_reason: str = "") -> Path:
     by_model = {model: {name: stage["result"]["metrics"] for name, stage in per_set.items()} for model, per_set in evals.items()}
+    best = best_layouts(root, list(by_model), sets)
+    best_json = {task: {m: {k: v for k, v in r.items() if k != "values"} for m, r in per.items()} for task, per in best.items()}
     entries = [{"model": model, "eval_set": name, **metrics} for model, per_set in by_model.items() for name, metrics in per_set.items()]
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     stage_seconds = {"data": data["seconds"], **{f"train-{m}": s["seconds"] for m, s in trained.items()},
@@ -153,7 +213,7 @@ def write_report(cfg: Any, root: Path, data: dict, trained: dict[str, dict], eva
     machine = _machine()
     settings = {**asdict(cfg), "precision_used": precision, "precision_reason": precision_reason}
     summary = {"date": date, "machine": machine, "settings": settings, "same_schedule": check, "entries": entries,
-               "by_model": by_model, "stage_seconds": stage_seconds, "data": data["result"],
+               "by_model": by_model, "best_layout": best_json, "stage_seconds": stage_seconds, "data": data["result"],
                "training": {m: s["result"] for m, s in trained.items()}, "peak_rss_gib_this_process": round(peak_gib, 2),
                "wall_seconds_this_invocation": round(total_seconds, 1), "stages_run_this_invocation": list(ran)}
     (root / "metrics.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -180,7 +240,7 @@ def write_report(cfg: Any, root: Path, data: dict, trained: dict[str, dict], eva
             cf = next((r for r in per.values() if "context_rate" in r), None)
             cells.append(f"{cf['context_rate']:.1f} / {cf['memory_rate']:.1f}" if cf else "–")
         md.append(f"| {m} | " + " | ".join(cells) + " |")
-    md += ["", "## Training", "",
+    md += ["", *_best_layout_table(best, list(by_model)), "## Training", "",
            f"LoRA r{cfg.lora_r} (alpha {cfg.lora_alpha}, dropout 0.05) on every attention and MLP projection"
            f"{f' of the top {cfg.lora_top_layers} layers' if getattr(cfg, 'lora_top_layers', None) else ''}; {cfg.steps} steps of"
            f" {cfg.batch_size} examples ({_micro(cfg)}), learning rate {cfg.learning_rate:g} constant,"
@@ -216,7 +276,7 @@ def write_report(cfg: Any, root: Path, data: dict, trained: dict[str, dict], eva
             cells = [m, str(r.get("n"))] + [format_cell(r, k) for k in head[2:]]
             md.append("| " + " | ".join(cells) + " |")
         md.append("")
-    verdict = _verdict(by_model)
+    verdict = _verdict(best)
     if verdict:
         md += ["## What it shows", "", *verdict, "",
                "These are a 135M model's numbers after a few minutes of CPU training, not the paper's 8B results."

@@ -21,7 +21,6 @@ Every step is a stage of the text demo's kind (``OUTPUT_DIR/stages/vlm-*.json``)
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .demo import DemoConfig, DemoError, _file_sha, _key, _release, train_modes
+from .metrics import paired_difference
 
 __all__ = ["VlmDemoConfig", "run_vlm_demo", "BACKBONES"]
 
@@ -87,16 +87,6 @@ def _train_stage(settings: dict[str, Any], out: Path, key: str, precision: str) 
     result = train_vlm(VlmTrainConfig(**settings, output_dir=str(out), precision=precision, resume=checkpoint is not None,
                                       save_steps=max(settings["max_steps"] // 4, 1), logging_steps=1), progress=True)
     return {**result, "resumed": checkpoint is not None}
-
-
-def _paired(a: list[int], b: list[int]) -> dict[str, float]:
-    """Mean of b - a (percentage points) and its 95% normal interval over paired questions."""
-    d = [y - x for x, y in zip(a, b)]
-    n = len(d)
-    mean = sum(d) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1)) if n > 1 else 0.0
-    half = 1.96 * sd / math.sqrt(n)
-    return {"diff": 100 * mean, "lo": 100 * (mean - half), "hi": 100 * (mean + half), "n": n}
 
 
 def _correct(path: Path) -> dict[str, tuple[str, int, int]]:
@@ -228,8 +218,8 @@ def run_vlm_demo(cfg: DemoConfig, vcfg: VlmDemoConfig | None = None, log: Callab
     for split in (None, "random", "popular", "adversarial"):
         chosen = [i for i in ids if split is None or answers["no_context"][i][0] == split]
         paired[split or "all"] = {
-            "accuracy": _paired([answers["no_context"][i][2] for i in chosen], [answers["context"][i][2] for i in chosen]),
-            "yes_ratio": _paired([answers["no_context"][i][1] for i in chosen], [answers["context"][i][1] for i in chosen])}
+            "accuracy": paired_difference([answers["no_context"][i][2] for i in chosen], [answers["context"][i][2] for i in chosen]),
+            "yes_ratio": paired_difference([answers["no_context"][i][1] for i in chosen], [answers["context"][i][1] for i in chosen])}
 
     metrics = {
         "machine": {"cpu": cpu_name(), "cpu_class": cpu_class(), "precision": precision},

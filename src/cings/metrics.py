@@ -6,6 +6,7 @@ with seeded bootstrap intervals and records the definitions it used.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import string
@@ -13,7 +14,7 @@ from collections import Counter
 from typing import Any, Iterable, Mapping, Sequence
 
 __all__ = ["normalize_answer", "exact_match", "f1", "accuracy", "match", "rouge_l", "fever_label",
-           "conflict_outcome", "score_predictions", "metrics_table_markdown", "DEFINITIONS"]
+           "conflict_outcome", "score_predictions", "metrics_table_markdown", "paired_difference", "DEFINITIONS"]
 
 _PUNCT = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -140,6 +141,24 @@ def conflict_outcome(prediction: str, answers: Sequence[str], parametric_answers
 
 _METRIC_FNS = {"acc": accuracy, "em": exact_match, "f1": f1, "match": match, "rouge_l": rouge_l}
 _CONFLICT_KEYS = ("context", "memory", "both", "neither")
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Mean of ``b - a`` over paired records (percentage points) with its 95% normal interval.
+
+    Two models scored on the same records: the pairing removes the records' own difficulty from the
+    spread, so this interval is much narrower than comparing two independent intervals.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired scores need the same records: {len(a)} against {len(b)}")
+    d = [y - x for x, y in zip(a, b)]
+    n = len(d)
+    if not n:
+        raise ValueError("no paired records")
+    mean = sum(d) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1)) if n > 1 else 0.0
+    half = 1.96 * sd / math.sqrt(n)
+    return {"diff": 100 * mean, "lo": 100 * (mean - half), "hi": 100 * (mean + half), "n": n}
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
