@@ -259,8 +259,10 @@ def _train_config(cfg: DemoConfig, mode: str, data: Path, out: Path, precision: 
                        lora_top_layers=cfg.lora_top_layers,
                        learning_rate=cfg.learning_rate, epoch_lr_decay=1.0, num_epochs=1, max_steps=cfg.steps,
                        seed=cfg.seed, global_batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size,
+                       # Every checkpoint is kept (a LoRA adapter is a few MB): `cings demo --studies` follows
+                       # context reliance across them.
                        precision=precision, save_strategy="steps", save_steps=max(cfg.steps // 4, 1),
-                       save_total_limit=1, logging_steps=max(cfg.steps // 20, 1), group_by_length=True)
+                       save_total_limit=None, logging_steps=max(cfg.steps // 20, 1), group_by_length=True)
 
 
 def _train(cfg: DemoConfig, mode: str, data: Path, out: Path, precision: str, key: str) -> dict:
