@@ -87,10 +87,13 @@ def test_the_core_and_scoring_never_import_torch(module):
 
 
 def test_generation_imports_neither_training_nor_run_folders():
-    reached = closure("cings.generate")
-    banned = sorted(reached & {"cings.train", "cings.trainer", "cings.runs", "cings.config", "cings.dataset",
-                               "cings.demo", "cings.suite"})
-    assert not banned, f"cings.generate reaches {banned}: hand it a model and options instead"
+    folder = sorted(m for m in GRAPH if m == "cings.generate" or m.startswith("cings.generate."))
+    assert {"cings.generate", "cings.generate.engine", "cings.generate.decoding"} <= set(folder), \
+        "the generate folder moved: update the rule"
+    for module in folder:
+        banned = sorted(closure(module) & {"cings.train", "cings.trainer", "cings.runs", "cings.config", "cings.dataset",
+                                           "cings.demo", "cings.suite"})
+        assert not banned, f"{module} reaches {banned}: hand it a model and options instead"
 
 
 def test_runs_is_the_only_reader_and_writer_of_the_run_files():
@@ -125,3 +128,17 @@ def test_vision_never_imports_training():
                                            "cings.demo", "cings.suite", "cings.export"})
         assert not banned, f"{module} reaches {banned}: training imports vision, never the other way"
 
+
+
+def test_analyses_are_handed_a_model_and_only_the_cli_and_the_demo_import_them():
+    analysis = sorted(m for m in GRAPH if m == "cings.analysis" or m.startswith("cings.analysis."))
+    assert "cings.analysis.attention" in analysis, "the analysis folder moved: update the rule"
+    allowed = {m for m in ("cings.metrics", "cings.evaluate.metrics", "cings.prompts", "cings.render", "cings.records")
+               if m in GRAPH}
+    allowed |= {m for target in allowed for m in closure(target) if m in GRAPH} | set(analysis)
+    for module in analysis:
+        outside = sorted(m for m in closure(module) if m in GRAPH and m not in allowed)
+        assert not outside, f"{module} reaches {outside}: an analysis is handed its model (cli loads it)"
+    importers = sorted(m for m, deps in GRAPH.items() if m not in analysis and m not in ("cings.cli", "cings.demo")
+                       and any(d == "cings.analysis" or d.startswith("cings.analysis.") for d in deps))
+    assert not importers, f"{importers} import cings.analysis"

@@ -69,3 +69,37 @@ def test_no_training_module_spells_the_ignore_index_itself():
                   if t.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)]
         spelled = [a.start[0] for a, b in zip(tokens, tokens[1:]) if a.string == "-" and b.string == "100"]
         assert not spelled, f"{name}: lines {spelled}"
+
+
+def test_loss_weights_are_padded_with_0_and_packed_with_0_at_each_sequence_start():
+    from cings.collate import PackingCollator
+    from cings.masking import IGNORE_INDEX as X
+
+    rows = [{"input_ids": [5, 6, 7], "labels": [X, 6, 7], "loss_weights": [0.0, 0.5, 1.0]},
+            {"input_ids": [8, 9], "labels": [X, 9], "loss_weights": [0.0, 1.0]}]
+    right = Collator(pad_token_id=0)(rows)
+    assert right["loss_weights"].dtype == torch.float32
+    assert right["loss_weights"].tolist() == [[0.0, 0.5, 1.0], [0.0, 1.0, 0.0]]
+    left = pad_batch(rows, 0, padding_side="left")
+    assert left["loss_weights"].tolist() == [[0.0, 0.5, 1.0], [0.0, 0.0, 1.0]]
+    assert left["labels"].tolist() == [[X, 6, 7], [X, X, 9]]
+    packed = PackingCollator()(rows)
+    assert packed["loss_weights"].tolist() == [[0.0, 0.5, 1.0, 0.0, 1.0]]
+    assert packed["labels"].tolist() == [[X, 6, 7, X, 9]]
+    assert "loss_weights" not in Collator(pad_token_id=0)([{k: r[k] for k in ("input_ids", "labels")} for r in rows])
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_loss_weights_must_match_the_labels(packing):
+    from cings.collate import make_collator
+    from cings.masking import IGNORE_INDEX as X
+
+    collate = make_collator(0, packing=packing)
+    good = {"input_ids": [5, 6, 7], "labels": [X, 6, 7], "loss_weights": [0.0, 0.5, 1.0]}
+    for bad, message in (({"loss_weights": [0.0, 0.0, 1.0]}, "above 0 exactly where a label is trained"),
+                         ({"labels": [X, X, 7]}, "above 0 exactly where a label is trained"),
+                         ({"loss_weights": [0.0, 1.0]}, "2 loss weights for 3 input ids")):
+        with pytest.raises(ValueError, match=message):
+            collate([good, {**good, **bad}])
+    with pytest.raises(ValueError, match="weighted throughout or not at all"):
+        collate([good, {k: good[k] for k in ("input_ids", "labels")}])

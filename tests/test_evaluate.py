@@ -95,3 +95,43 @@ def test_a_truncated_gzip_or_non_utf8_file_is_named_by_line(tmp_path, capsys):
         assert main(["evaluate", "--predictions", str(path), "--output", str(tmp_path / "m.json")]) == 1
         err = capsys.readouterr().err
         assert re.search(said, err) and "Traceback" not in err, err
+
+
+def _row(i, prediction, answers=("Paris",), docs="gold"):
+    return {"id": i, "prediction": prediction, "answers": list(answers), "settings": {"docs": docs}}
+
+
+def test_closed_book_pairs_count_neutral_regressions_and_context_gains(tmp_path, capsys):
+    from cings.cli import main
+
+    # a: right both ways; b: right closed-book, broken by the passage (regression); c: fixed by it (gain);
+    # d: wrong both ways; e: no answers (counted apart); f: only with documents; g: only closed-book.
+    with_docs = [_row("a", "Paris"), _row("b", "Lyon"), _row("c", "It is Paris."), _row("d", "Rome"),
+                 _row("e", "x", answers=()), _row("f", "Paris")]
+    closed = [_row(i, p, a, docs="none") for i, p, a in [("g", "Paris", ("Paris",)), ("d", "Nice", ("Paris",)),
+                                                         ("c", "Lyon", ("Paris",)), ("b", "paris!", ("Paris",)),
+                                                         ("a", "Paris", ("Paris",)), ("e", "y", ())]]
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--predictions", str(write(tmp_path, with_docs)), "--closed-book",
+                 str(write(tmp_path, closed, "cb.jsonl")), "--output", str(out), "--bootstrap", "0"]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["neutral_regressions"] == {"count": 1, "rate": 25.0, "ids": ["b"]}
+    assert saved["context_gains"] == {"count": 1, "rate": 25.0, "ids": ["c"]}
+    assert {k: v for k, v in saved["closed_book"].items() if k != "predictions"} == \
+        {"n_paired": 4, "n_paired_without_answers": 1, "only_with_documents": 1, "only_closed_book": 1}
+    assert saved["acc"] == 60.0 and "neutral_regressions" in saved["definitions"]["context_effects"]
+    assert "| neutral regressions (of 4 paired) | 1 (25.0%) |" in (tmp_path / "m.md").read_text()
+    assert "neutral regressions" in capsys.readouterr().out
+
+
+def test_closed_book_files_that_do_not_pair_are_refused(tmp_path):
+    here = write(tmp_path, [_row("a", "Paris"), _row("b", "Lyon")])
+    with pytest.raises(RecordError, match=r"cb.jsonl:1: --closed-book rows were generated with --docs gold"):
+        evaluate_file(here, tmp_path / "m.json", closed_book=write(tmp_path, [_row("a", "Paris")], "cb.jsonl"))
+    with pytest.raises(RecordError, match=r"pred.jsonl:2: id 'b' has answers \['Lyon'\] here and \['Paris'\] in .*cb2"
+                                          r".jsonl:1: the two files are not the same records"):
+        evaluate_file(write(tmp_path, [_row("a", "Paris"), _row("b", "Lyon", answers=("Lyon",))]), tmp_path / "m.json",
+                      closed_book=write(tmp_path, [_row("b", "Paris", docs="none")], "cb2.jsonl"))
+    with pytest.raises(RecordError, match="no record with answers shares an id"):
+        evaluate_file(here, tmp_path / "m.json", closed_book=write(tmp_path, [_row("z", "Paris", docs="none")], "cb3.jsonl"))
+    assert not (tmp_path / "m.json").exists()

@@ -76,12 +76,12 @@ def test_an_export_loads_as_a_plain_checkpoint_with_the_runs_logits(runs, tmp_pa
 def test_the_merged_lora_differs_from_its_base(runs, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from cings.loading import load_causal_lm
-    from cings.runs import load_run
+    from cings.runs import load_run_base
 
     export_run(runs["lora"], tmp_path / "out", verify=False)
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
-    base = load_causal_lm(load_run(runs["lora"]).config.model_source()).eval()
+    base = load_run_base(runs["lora"])[0]  # the seeded base the run trained on (embeddings sized by its tokenizer)
+    assert merged.get_input_embeddings().num_embeddings == base.get_input_embeddings().num_embeddings
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     with torch.no_grad():
         assert not torch.allclose(merged(input_ids=ids).logits, base(input_ids=ids).logits)

@@ -72,6 +72,24 @@ def test_records_without_gold_are_skipped_with_a_reason(llama3):
     assert result.reason == "no_gold_passage"
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_pair_for_context_aware_decoding_is_the_prompt_and_its_closed_book_prompt(llama3, layout):
+    with_docs, without = PromptBuilder(llama3, RenderOptions(), layout=layout, docs="gold").build_pair(RECORD)
+    assert with_docs.text == EXPECTED[("gold", layout)] and without.text == EXPECTED[("none", layout)]
+    assert without.input_ids == llama3(without.text, add_special_tokens=False)["input_ids"] and without.docs == ()
+
+
+def test_the_pair_is_the_same_two_builds_on_any_tokenizer(tiny_bpe):
+    no_gold = Record(id="n", instruction="Q", response="A", contexts=(Context(text="x"),))
+    for layout in LAYOUTS:
+        builder = PromptBuilder(tiny_bpe, RenderOptions(system_prompt=None), layout=layout)
+        closed = PromptBuilder(tiny_bpe, RenderOptions(system_prompt=None), layout=layout, docs="none")
+        with_docs, without = builder.build_pair(RECORD)
+        assert with_docs.input_ids == builder.build(RECORD).input_ids
+        assert without.input_ids == closed.build(RECORD).input_ids and without.input_ids != with_docs.input_ids
+        assert builder.build_pair(no_gold).reason == "no_gold_passage"
+
+
 def test_stop_tokens_are_the_templates_end_of_turn(llama3, qwen3):
     assert PromptBuilder(llama3, RenderOptions()).stop_token_ids() == [llama3.convert_tokens_to_ids("<|eot_id|>")]
     assert qwen3.convert_tokens_to_ids("<|im_end|>") in PromptBuilder(qwen3, RenderOptions()).stop_token_ids()

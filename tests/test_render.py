@@ -185,6 +185,48 @@ def test_train_markers_trains_the_answer_marker_only(tiny_bpe, record):
     assert r.text[s:e] == " ## Answer" and set(range(s + 1, e)) <= trained
 
 
+@pytest.mark.parametrize("train_markers", [False, True])
+@settings(PROPERTY, max_examples=25)
+@given(record=st.one_of(records(), records(with_segments=True)))
+def test_a_context_loss_weight_of_0_is_context_and_of_1_is_no_mask(any_tokenizer, train_markers, record):
+    """λ keeps the ids; 0 and 1 give exactly the labels of context and no_mask, each at weight 1; between,
+    no_mask's labels with weight 1 where context trains and λ on the rest (passages and markers)."""
+    context = _renderer(any_tokenizer, Mode.CONTEXT, train_markers=train_markers).render(record)
+    no_mask = _renderer(any_tokenizer, Mode.NO_MASK).render(record)
+    assert context.loss_weights is None and no_mask.loss_weights is None
+    for weight, labels in ((0.0, context.labels), (1.0, no_mask.labels), (0.4, no_mask.labels)):
+        r = _renderer(any_tokenizer, Mode.CONTEXT, train_markers=train_markers, context_loss_weight=weight).render(record)
+        assert r.input_ids == context.input_ids == no_mask.input_ids
+        assert r.labels == labels
+        want = [1.0 if c != -100 else weight if n != -100 and weight else 0.0 for c, n in zip(context.labels, no_mask.labels)]
+        assert r.loss_weights == want
+        assert [w > 0 for w in r.loss_weights] == [label != -100 for label in r.labels]
+
+
+def test_a_context_loss_weight_weighs_the_passage_and_its_markers(tiny_bpe):
+    r = _renderer(tiny_bpe, Mode.CONTEXT, context_loss_weight=0.25).render(rec(), with_offsets=True)
+    by_weight: dict = {}
+    for (a, b), w in zip(r.offsets, r.loss_weights):
+        by_weight[w] = by_weight.get(w, "") + r.text[a:b]
+    assert by_weight[0.25] == "## Context Super Bowl 50 The Denver Broncos defeated the Carolina Panthers. ## Answer"
+    assert by_weight[1.0] == " Denver Broncos<|im_end|>"
+    assert r.num_trained == sum(w > 0 for w in r.loss_weights)
+
+
+def test_a_context_loss_weight_is_checked_and_recorded_only_when_set():
+    assert "context_loss_weight" not in RenderOptions().to_dict()  # older manifests and runs stay comparable
+    assert RenderOptions(context_loss_weight=1).to_dict()["context_loss_weight"] == 1.0
+    assert RenderOptions(mode="cings", context_loss_weight=0.5).weighted() == {Kind.MARKER, Kind.CONTEXT, Kind.ANSWER_MARKER}
+    assert RenderOptions(train_markers=True, context_loss_weight=0.5).weighted() == {Kind.MARKER, Kind.CONTEXT}
+    assert RenderOptions(context_loss_weight=0).weighted() == frozenset()
+    for bad in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(ValueError, match="context_loss_weight must be a number from 0 to 1"):
+            RenderOptions(context_loss_weight=bad)
+    for mode in ("no_mask", "input_context", "no_context"):
+        with pytest.raises(ValueError, match=f"passage in the answer of mode context, not mode '{mode}'"):
+            RenderOptions(mode=mode, context_loss_weight=0.5)
+
+
 _CACHE: dict = {}
 
 

@@ -72,3 +72,47 @@ def test_mix_cli_prefixes_ids_repeated_across_inputs(tmp_path, capsys):
                  "--output", str(tmp_path / "m.jsonl")]) == 0
     mixed = list(read_records(tmp_path / "m.jsonl"))
     assert len(mixed) == 20 and all(r.id.startswith(("x:", "y:")) for r in mixed)
+
+
+def with_and_without(n_with, n_without):
+    return recs(n_with) + [Record(id=f"bare{i}", instruction="Q", contexts=(), response="A") for i in range(n_without)]
+
+
+def test_drop_contexts_keeps_the_asked_share_by_id_and_nests_across_fractions():
+    from cings.splits import drop_contexts
+
+    records = with_and_without(10, 3)
+    out, report = drop_contexts(records, 0.25, seed=1)
+    assert report == {"context_fraction": 0.25, "seed": 1, "with_contexts_in": 10, "kept": 3, "emptied": 7,
+                      "already_without": 3}  # 2.5 rounds up
+    assert [r.id for r in out] == [r.id for r in records]  # nothing dropped or moved
+    kept = {r.id for r in out if r.contexts}
+    assert len(kept) == 3 and kept <= {r.id for r in records[:10]}
+    emptied = [r for r in out if r.meta.get("contexts_dropped")]
+    assert len(emptied) == 7 and all(r.contexts == () and r.meta["contexts_dropped"] == 1 for r in emptied)
+    # The choice follows the ids, not the file order; a larger fraction keeps a superset; another seed differs.
+    again, _ = drop_contexts(list(reversed(records)), 0.25, seed=1)
+    assert {r.id for r in again if r.contexts} == kept
+    more, _ = drop_contexts(records, 0.6, seed=1)
+    assert kept < {r.id for r in more if r.contexts} and sum(bool(r.contexts) for r in more) == 6
+    others = [{r.id for r in drop_contexts(records, 0.5, seed=s)[0] if r.contexts} for s in range(4)]
+    assert len({frozenset(o) for o in others}) > 1
+    assert all(bool(r.contexts) for r in drop_contexts(records, 1.0)[0][:10])
+    assert not any(r.contexts for r in drop_contexts(records, 0)[0])
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="--context-fraction must be between 0 and 1"):
+            drop_contexts(records, bad)
+
+
+def test_drop_contexts_cli_prints_and_writes_the_counts(tmp_path, capsys):
+    from cings.records import write_records
+
+    write_records(with_and_without(6, 2), tmp_path / "x.jsonl")
+    assert main(["drop-contexts", "--input", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "y.jsonl"),
+                 "--context-fraction", "0.5", "--seed", "3"]) == 0
+    assert sum(bool(r.contexts) for r in read_records(tmp_path / "y.jsonl")) == 3
+    err = capsys.readouterr().err
+    assert "kept their documents" in err and "3 of 6" in err
+    summary = json.loads((tmp_path / "y.summary.json").read_text())
+    assert (summary["kept"], summary["emptied"], summary["already_without"]) == (3, 3, 2)
+    assert summary["shape"]["passages_per_record"]["records_without_passages"] == 5

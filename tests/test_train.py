@@ -160,6 +160,117 @@ def test_trainer_loss_equals_cross_entropy_over_exactly_the_trained_tokens(tmp_p
             assert torch.allclose(a, b, atol=1e-6)
 
 
+# ---------------------------------------------------------------- a context loss weight
+
+def rendered_rows(tok, **options) -> list[dict]:
+    """The records of the loss test above (one long), as the dataset holds them."""
+    renderer = Renderer(tok, RenderOptions(system_prompt=None, **options))
+    records = memorable_records(5)
+    records[1] = Record(id="long", instruction="Tell me everything about it, please?",
+                        contexts=(Context(text="A much longer passage " * 6),), response="A long answer here.")
+    rows = []
+    for r in renderer.render_batch(records):
+        rows.append({"input_ids": r.input_ids, "labels": r.labels,
+                     **({"loss_weights": r.loss_weights} if r.loss_weights is not None else {})})
+    return rows
+
+
+def accumulated_loss(trainer, model, collator, rows):
+    """An optimizer step's loss as Trainer makes it: two micro batches, one normaliser for both."""
+    batches = [collator(rows[:3]), collator(rows[3:])]
+    num_items = trainer._get_num_items_in_batch(batches, torch.device("cpu"))
+    return sum(trainer.compute_loss(model, dict(b), num_items_in_batch=num_items) for b in batches), num_items
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_a_context_loss_weight_of_0_and_1_gives_the_context_and_no_mask_losses_and_between_a_weighted_mean(tmp_path, packing):
+    from transformers import AutoConfig, AutoModelForCausalLM, TrainingArguments
+
+    from cings.collate import make_collator, pad_id_for
+    from cings.trainer import CingsTrainer
+
+    tok = build_tiny_bpe()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**TINY, "vocab_size": len(tok)}),
+                                             attn_implementation="sdpa").eval()
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    collator = make_collator(pad_id_for(tok), packing=packing)
+    full, lean = (CingsTrainer(model=model, args=args, data_collator=collator, trained_logits_only=t) for t in (False, True))
+    context, no_mask = rendered_rows(tok, mode="context"), rendered_rows(tok, mode="no_mask")
+    with torch.no_grad():
+        for weight, plain in ((0, context), (1, no_mask)):
+            weighted = rendered_rows(tok, context_loss_weight=weight)
+            assert [r["input_ids"] for r in weighted] == [r["input_ids"] for r in plain]
+            want, count = accumulated_loss(full, model, collator, plain)
+            for trainer in (full, lean):
+                got, total = accumulated_loss(trainer, model, collator, weighted)
+                assert float(total) == int(count)  # Σ w over the step = the count of trained tokens
+                assert torch.allclose(got, want, atol=1e-6, rtol=0), (weight, got, want)
+
+        # λ = 0.5 by hand: each row alone, per-token cross-entropy, weight 1 where context trains,
+        # 0.5 where only no_mask does; Σ w·CE / Σ w over the whole step.
+        num, den = torch.zeros(()), 0.0
+        for c, n in zip(context, no_mask):
+            logits = model(input_ids=torch.tensor([n["input_ids"]])).logits[0, :-1]
+            for t, (cl, nl) in enumerate(zip(c["labels"][1:], n["labels"][1:])):
+                w = 1.0 if cl != -100 else 0.5 if nl != -100 else 0.0
+                if w:
+                    num = num + w * torch.nn.functional.cross_entropy(logits[t], torch.tensor(nl))
+                    den += w
+        half = rendered_rows(tok, context_loss_weight=0.5)
+    for trainer in (full, lean):
+        model.zero_grad()
+        got, total = accumulated_loss(trainer, model, collator, half)
+        assert float(total) == den and torch.allclose(got, num / den, atol=1e-6, rtol=0), (got, num / den)
+        got.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        if trainer is full:
+            full_grads = grads
+    for a, b in zip(full_grads, grads):  # logits only at trained positions: the same gradient
+        assert torch.allclose(a, b, atol=1e-6)
+    with torch.no_grad():  # an evaluation step (all logits returned) normalises over its own batch
+        loss, outputs = full.compute_loss(model, dict(collator(half)), return_outputs=True)
+        assert torch.allclose(loss, num / den, atol=1e-6) and outputs.logits.shape[-1] == len(tok)
+
+
+def test_cings_train_with_a_context_loss_weight_records_it_and_refuses_a_resume_with_another(tmp_path, tok_dir,
+                                                                                              data_file, capsys):
+    from cings.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--model-config", json.dumps(TINY), "--tokenizer", tok_dir, "--data", data_file,
+            "--eval-data", data_file, "--output-dir", str(out), "--max-steps", "2", "--global-batch-size", "4",
+            "--micro-batch-size", "2", "--system-prompt", "", "--max-length", "256", "--save-strategy", "steps",
+            "--save-steps", "1", "--logging-steps", "1", "--packing", "--no-progress"]
+    assert main([*args, "--context-loss-weight", "0.5"]) == 0
+    err = capsys.readouterr().err
+    assert "of them at the context loss weight" in err, err
+    assert load_config(out / "cings_config.yaml").context_loss_weight == 0.5
+    data = json.loads((out / "cings_data.json").read_text())
+    assert data["render_options"]["context_loss_weight"] == 0.5 and data["global_step"] == 2
+    assert data["train"]["partly_trained_tokens"] > 0
+    rows = [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
+    assert len([r for r in rows if "loss" in r]) == 2 and all(r["loss"] > 0 for r in rows if "loss" in r)
+    assert any("eval_loss" in r for r in rows)  # the evaluation path takes the weights too
+    for other, shown in ((["--context-loss-weight", "0.3"], "context_loss_weight: 0.5 -> 0.3"), ([], "0.5 -> None")):
+        assert main([*args, "--resume", *other]) == 1
+        err = capsys.readouterr().err
+        assert shown in err and "Traceback" not in err, err
+    assert main([*args, "--resume", "--context-loss-weight", "0.5", "--max-steps", "3"]) == 0
+    assert main([*args, "--overwrite", "--mode", "no_mask", "--context-loss-weight", "0.5"]) == 1
+    assert "not mode 'no_mask'" in capsys.readouterr().err
+
+
+def test_tokenize_output_carries_the_weights_and_trains_only_with_them(tmp_path, tok_dir, data_file):
+    as_jsonl = tokenize(data_file, tok_dir, tmp_path / "w.tok.jsonl", "--context-loss-weight", "0.5")
+    row = json.loads(Path(as_jsonl).read_text().splitlines()[0])
+    assert len(row["loss_weights"]) == len(row["labels"]) and 0.5 in row["loss_weights"]
+    assert train(config(tok_dir, as_jsonl, tmp_path / "a", max_steps=1, context_loss_weight=0.5),
+                 progress=False)["global_step"] == 1
+    with pytest.raises(ConfigError, match=r"context_loss_weight: 0\.5 -> None"):
+        train(config(tok_dir, as_jsonl, tmp_path / "b", max_steps=1), progress=False)
+
+
 # ---------------------------------------------------------------- resume
 
 class StopAt:

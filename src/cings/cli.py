@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--plain", action="store_true", help="no colour: mark trained text with [[ ]]")
     pre.set_defaults(func=cmd_preview)
     _add_data_commands(sub)
+    _add_context_mix_command(sub)
     _add_vlm_commands(sub)
 
     from .config import add_train_arguments
@@ -86,18 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-progress", action="store_true", help="hide progress bars")
     tr.set_defaults(func=cmd_train)
     _add_eval_commands(sub)
+    _add_analyze_commands(sub)
+    _add_route_commands(sub)
     return parser
 
 
 # ---------------------------------------------------------------- inference and evaluation
 
 # The GenerationSettings fields that are `cings generate` flags (model and adapter have their own).
-_GENERATE_FLAGS = ("docs", "ndocs", "prompt", "max_new_tokens", "batch_size")
+_GENERATE_FLAGS = ("docs", "ndocs", "prompt", "max_new_tokens", "batch_size", "decoding", "cad_alpha", "adacad_offset",
+                   "cad_backoff")
 
 
 def _add_eval_commands(sub) -> None:
     from .config import add_dataclass_arguments
-    from .generate import GenerationSettings
+    from .generate import DECODINGS, GenerationSettings
     from .prompts import DOCS, LAYOUTS
 
     gen = sub.add_parser("generate", help="answer grounded records with a model (+ LoRA adapter): one prediction a line",
@@ -108,7 +112,9 @@ def _add_eval_commands(sub) -> None:
     gen.add_argument("--tokenizer", help="tokenizer, when not the run's or the model's")
     gen.add_argument("--input", required=True, help="grounded records")
     add_dataclass_arguments(gen, GenerationSettings, only=_GENERATE_FLAGS,
-                            custom={"docs": {"choices": DOCS}, "prompt": {"choices": LAYOUTS}, "ndocs": {"metavar": "K"}})
+                            custom={"docs": {"choices": DOCS}, "prompt": {"choices": LAYOUTS}, "ndocs": {"metavar": "K"},
+                                    "decoding": {"choices": DECODINGS}, "cad_alpha": {"metavar": "A"},
+                                    "cad_backoff": {"metavar": "TAU"}})
     gen.add_argument("--output", required=True,
                      help="predictions, JSON Lines; an existing file needs --resume or --overwrite")
     gen.add_argument("--limit", type=int, help="only the first N records")
@@ -131,6 +137,9 @@ def _add_eval_commands(sub) -> None:
     ev.add_argument("--fever", action="store_true", help="map SUPPORTS/REFUTES <-> true/false before scoring")
     ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals (0: none)")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--closed-book", "--closed_book", metavar="CB.jsonl",
+                    help="predictions of the same records with --docs none: adds neutral_regressions (right closed-book,"
+                         " wrong with the documents; acc, matched by id) and context_gains (the reverse)")
     ev.set_defaults(func=cmd_evaluate)
 
     cmp_ = sub.add_parser("compare", help="a table and a bar chart of several runs' metrics",
@@ -153,6 +162,7 @@ def _add_eval_commands(sub) -> None:
     suite.add_argument("--max-new-tokens", "--max_new_tokens", type=int)
     suite.add_argument("--resume", action="store_true", help="add the missing ids to existing predictions (same settings)")
     suite.add_argument("--overwrite", action="store_true", help="replace existing predictions in --output-dir")
+    _add_router_arguments(suite, flag="--router")
     suite.set_defaults(func=cmd_eval_suite)
 
     exp = sub.add_parser("export", help="a training run -> a plain Hugging Face checkpoint (LoRA merged), verified",
@@ -258,7 +268,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_file
 
     metrics, table_path = evaluate_file(args.predictions, args.output, rouge=args.rouge, fever=args.fever,
-                                        bootstrap=args.bootstrap, seed=args.seed)
+                                        bootstrap=args.bootstrap, seed=args.seed, closed_book=args.closed_book)
     print(_read_text(table_path))
     return 0
 
@@ -283,7 +293,8 @@ def cmd_eval_suite(args: argparse.Namespace) -> int:
 
     report = run_suite(args.suite, model=args.model, adapter=args.adapter, gguf_file=args.gguf_file,
                        output_dir=args.output_dir, limit=args.limit, batch_size=args.batch_size,
-                       max_new_tokens=args.max_new_tokens, resume=args.resume, overwrite=args.overwrite)
+                       max_new_tokens=args.max_new_tokens, resume=args.resume, overwrite=args.overwrite,
+                       **_suite_router(args))
     print(f"cings eval-suite: wrote {report}", file=sys.stderr)
     return 0
 
@@ -505,6 +516,49 @@ def cmd_counterfactual(args: argparse.Namespace) -> int:
     return _finish_data(summary, args.output)
 
 
+# ---------------------------------------------------------------- which passages each record shows (RAFT, KAFT)
+
+def _add_context_mix_command(sub) -> None:
+    from .config import add_dataclass_arguments
+    from .context_mix import ContextMixOptions
+
+    cm = sub.add_parser("context-mix", help="RAFT/KAFT training data: per record, the oracle passage (+ distractors),"
+                                            " distractors only, irrelevant passages, or a counterfactual swap",
+                        description="Choose which passages each record of a context dataset shows: its oracle passage"
+                                    " with probability --oracle-rate (RAFT's P), else distractors only; K distractors"
+                                    " beside it (--distractors); a share of rows with irrelevant passages and the"
+                                    " original target (--irrelevant, KAFT) or with the answer swapped in passage and"
+                                    " target (--counterfactual, KAFT). Deterministic by --seed; each record's"
+                                    " meta.context_kind says what was done, and every kind is counted.")
+    cm.add_argument("--input", required=True, help="grounded records with passages")
+    cm.add_argument("--output", required=True, help="grounded records, one per input record, in the input's order")
+    add_dataclass_arguments(cm, ContextMixOptions, custom={"distractors": {"metavar": "K"},
+                                                          "oracle_rate": {"metavar": "P"}})
+    cm.set_defaults(func=cmd_context_mix)
+
+
+def cmd_context_mix(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .context_mix import KINDS, ContextMixOptions, mix_contexts
+    from .records import write_records
+    from .summary import describe
+
+    options = ContextMixOptions(**{f.name: getattr(args, f.name) for f in fields(ContextMixOptions)
+                                   if getattr(args, f.name, None) is not None})
+    records = _read_all(args.input)
+    out, stats = mix_contexts(records, options)
+    write_records(out, args.output)
+    counts = stats.to_dict()
+    extra = {"context kinds": ", ".join(f"{k} {stats.by_kind[k]}" for k in KINDS if stats.by_kind[k]) or "none",
+             "fallbacks": ", ".join(f"{k} {v}" for k, v in counts["fallbacks"].items()) or "none",
+             "unchanged": ", ".join(f"{k} {v}" for k, v in counts["unchanged"].items()) or "none",
+             "passages added": f"{stats.distractors_added} ({stats.short_of_passages} rows got fewer than asked)"}
+    summary = {"command": "context-mix", "input": args.input, "options": asdict(options), **counts, "dropped": {},
+               "shape": describe(out), "extra": extra}
+    return _finish_data(summary, args.output)
+
+
 def _renderer(args: argparse.Namespace):
     from .loading import load_tokenizer
     from .render import Renderer
@@ -671,6 +725,293 @@ def cmd_vlm_evaluate(args: argparse.Namespace) -> int:
     print(f"cings vlm evaluate: n {metrics['n']}: {shown}" + (f" ({splits})" if splits else "") + f"; wrote {args.output}",
           file=sys.stderr)
     return 0
+
+
+# ---------------------------------------------------------------- analyses
+
+def _add_analyze_commands(sub) -> None:
+    from .analysis.attention import GROUPS, LAYOUT_MODES, METHODS, QUERIES, AttentionSettings
+    from .config import add_dataclass_arguments
+    from .prompts import DOCS
+
+    analyze = sub.add_parser("analyze", help="studies of a model: attention to the passage, context reliance",
+                             description="Analyses of a (cings-trained) model on grounded records.")
+    verbs = analyze.add_subparsers(dest="analyze_command", required=True, metavar="ANALYSIS")
+    att = verbs.add_parser("attention", help="per layer, the share of the answer's attention on the passage",
+                           description="Render each record with its gold response (teacher-forced) and measure, per"
+                                       " layer, the attention mass the answer tokens put on the passage tokens (and on"
+                                       " the prompt, markers, template, answer and first token), averaged over heads,"
+                                       " answer tokens and records. Writes OUTPUT/attention.json and attention.png.")
+    att.add_argument("--model", help="model folder, hub id, .gguf file or 'smollm2'; omit with --adapter of a cings run")
+    att.add_argument("--adapter", help="LoRA adapter folder (a cings run: its base model and settings are read from it)")
+    att.add_argument("--gguf-file", "--gguf_file", help="GGUF file name inside the model folder")
+    att.add_argument("--tokenizer", help="tokenizer, when not the run's or the model's")
+    att.add_argument("--input", required=True, help="grounded records with gold responses (and gold passages)")
+    att.add_argument("--output", required=True, help="folder for attention.json and attention.png")
+    add_dataclass_arguments(att, AttentionSettings,
+                            custom={"layout": {"choices": list(LAYOUT_MODES)}, "queries": {"choices": QUERIES},
+                                    "method": {"choices": METHODS}, "ndocs": {"metavar": "K"},
+                                    "docs": {"choices": [d for d in DOCS if d != "none"]}})
+    att.add_argument("--label", help="the name in charts and comparisons (default: the adapter's or model's name)")
+    att.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="fp32",
+                     help="weights' precision; fp32 keeps the shares exact to float rounding")
+    att.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT/attention.json")
+    att.add_argument("--no-progress", action="store_true")
+    att.set_defaults(func=cmd_analyze_attention)
+
+    cmp_ = verbs.add_parser("attention-compare", help="several attention.json side by side in one chart",
+                            description="One line per measurement (e.g. base, standard IT, CINGS) of a group's share"
+                                        " by layer. RUN is an output folder of `cings analyze attention`, its"
+                                        " attention.json, or NAME=FOLDER.")
+    cmp_.add_argument("runs", nargs="+", metavar="RUN")
+    cmp_.add_argument("--output", required=True, help="the chart (.png)")
+    cmp_.add_argument("--group", choices=GROUPS, default="context", help="which share to draw (default: context)")
+    cmp_.set_defaults(func=cmd_analyze_attention_compare)
+    _add_reliance_command(verbs)
+
+
+def cmd_analyze_attention(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .analysis.attention import AttentionSettings, check_output, measure_records, write_attention
+    from .loading import resolve_precision
+    from .records import read_records
+    from .runs import load_for_generation
+
+    fields_ = {f.name for f in fields(AttentionSettings)}
+    settings = AttentionSettings(**{k: getattr(args, k) for k in fields_ if getattr(args, k, None) is not None})
+    check_output(args.output, args.overwrite)
+    _check_local("--model", args.model)
+    _check_local("--adapter", args.adapter, must_exist=args.model is None)
+    if not Path(args.input).is_file():
+        raise ValueError(f"--input {args.input}: no such file")
+    precision = resolve_precision(args.dtype, allowed=("auto", "bf16", "fp32"))
+    log = lambda msg: print(f"cings analyze attention: {msg}", file=sys.stderr)  # noqa: E731
+    log(f"precision {precision.describe()}")
+    model, tok, options, spec = load_for_generation(args.model, adapter=args.adapter, gguf_file=args.gguf_file,
+                                                    tokenizer=args.tokenizer, dtype=precision.dtype)
+    result = measure_records(model, tok, options, read_records(args.input), settings, progress=not args.no_progress)
+    label = args.label or Path(args.adapter or spec).name or spec
+    result = {"label": label, "model": spec, "adapter": args.adapter, "tokenizer": args.tokenizer,
+              "input": args.input, "dtype": str(precision.dtype).removeprefix("torch."), **result}
+    json_path, png_path = write_attention(result, args.output)
+    shares = result["per_layer"]
+    skipped = ", ".join(f"{k} {v}" for k, v in result["skipped"].items()) or "none"
+    log(f"{result['n']} records ({skipped} skipped), {result['seconds_per_record']}s each; context share by layer:"
+        f" {' '.join(f'{v:.3f}' for v in shares)} (mean {sum(shares) / len(shares):.3f})")
+    log(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+def cmd_analyze_attention_compare(args: argparse.Namespace) -> int:
+    from .analysis.attention import compare_attention
+
+    png, lines = compare_attention(args.runs, args.output, group=args.group)
+    for line in lines:
+        print(line)
+    print(f"cings analyze attention-compare: wrote {png}", file=sys.stderr)
+    return 0
+
+
+def _add_reliance_command(verbs) -> None:
+    from .analysis.reliance import RelianceSettings
+    from .config import add_dataclass_arguments
+    from .prompts import DOCS
+
+    rel = verbs.add_parser("reliance", help="context vs memory rate on a conflict set at every checkpoint of a run",
+                           description="Generate on a knowledge-conflict set (cings counterfactual) in the prefill"
+                                       " layout with the run's base model (step 0), every complete checkpoint-N and"
+                                       " its final weights, and score how often each answer follows the passage"
+                                       " (context_rate), the original answer (memory_rate) or neither (other_rate)."
+                                       " Writes OUTPUT/reliance.json and reliance.png; predictions are kept per"
+                                       " step, so a rerun resumes and adds only new checkpoints.")
+    rel.add_argument("--run", required=True, help="a cings train output folder (LoRA or full; finished or not)")
+    rel.add_argument("--input", required=True, help="knowledge-conflict records (answers and parametric_answers)")
+    rel.add_argument("--output", required=True, help="folder for reliance.json, reliance.png and predictions/")
+    add_dataclass_arguments(rel, RelianceSettings, custom={"docs": {"choices": [d for d in DOCS if d != "none"]},
+                                                          "dtype": {"choices": ["fp32", "bf16", "auto"]},
+                                                          "ndocs": {"metavar": "K"}})
+    rel.add_argument("--overwrite", action="store_true", help="start afresh: remove earlier predictions in OUTPUT")
+    rel.add_argument("--no-progress", action="store_true")
+    rel.set_defaults(func=cmd_analyze_reliance)
+
+
+def cmd_analyze_reliance(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .analysis.reliance import RelianceSettings, points_of, reliance_curve
+    from .generate import GenerationSettings, generate_records
+    from .loading import resolve_precision
+    from .runs import load_for_generation, load_run_base, weights_by_step
+
+    settings = RelianceSettings(**{f.name: getattr(args, f.name) for f in fields(RelianceSettings)
+                                   if getattr(args, f.name, None) is not None})
+    points = points_of(weights_by_step(args.run))
+    precision = resolve_precision(settings.dtype, allowed=("auto", "bf16", "fp32"))
+    log = lambda msg: print(f"cings analyze reliance: {msg}", file=sys.stderr)  # noqa: E731
+    log(f"{len(points)} points (base + {len(points) - 1} saved); precision {precision.describe()}")
+    generation = GenerationSettings(docs=settings.docs, ndocs=settings.ndocs, prompt="prefill",
+                                    max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
+
+    def predict(point, records, path):
+        import gc
+        from pathlib import Path
+
+        if point.weights is None:
+            model, tok, options, spec = load_run_base(args.run, dtype=precision.dtype)
+        else:
+            lora = (Path(point.weights) / "adapter_config.json").is_file()
+            model, tok, options, spec = load_for_generation(None if lora else point.weights, dtype=precision.dtype,
+                                                            adapter=point.weights if lora else None)
+        point_settings = replace(generation, model=spec, adapter=point.weights,
+                                 extra={"step": point.step, "dtype": str(precision.dtype).removeprefix("torch.")})
+        try:
+            return generate_records(records, model, tok, options, point_settings, path, resume=path.is_file(),
+                                    progress=not args.no_progress)
+        finally:
+            del model  # one point's model at a time
+            gc.collect()
+
+    result = reliance_curve(points, args.input, args.output, settings, predict, run=args.run,
+                            overwrite=args.overwrite, log=log)
+    log(f"wrote {args.output}/reliance.json and reliance.png ({len(result['rows'])} points)")
+    return 0
+
+
+# ---------------------------------------------------------------- routing between two models
+
+def _add_router_arguments(parser: argparse.ArgumentParser, *, flag: str) -> None:
+    """The rule and the two models of a routed run (``cings route``; ``eval-suite --router``)."""
+    from .route import RULES
+
+    group = parser.add_argument_group("routing between a context-trained and a context-free model")
+    group.add_argument(flag, dest="rule", choices=RULES, default="has-docs" if flag == "--rule" else None,
+                       help="has-docs: records shown documents go to the ctx model, the rest closed-book to noctx;"
+                            " score: ctx only when the best passage score is at least --score-threshold; confidence:"
+                            " both answer, the higher mean token log-probability wins"
+                            + (" (default: has-docs)" if flag == "--rule" else " (instead of --model/--adapter)"))
+    group.add_argument("--score-threshold", "--score_threshold", type=float, metavar="T",
+                       help="--rule score: a record goes to ctx when its best passage score is at least T")
+    for side, what in (("ctx", "trained with documents"), ("noctx", "trained without documents")):
+        group.add_argument(f"--{side}-model", f"--{side}_model", dest=f"{side}_model",
+                           help=f"the model {what}: folder, hub id, .gguf or 'smollm2'; omit with --{side}-adapter"
+                                " of a cings run")
+        group.add_argument(f"--{side}-adapter", f"--{side}_adapter", dest=f"{side}_adapter",
+                           help="its LoRA adapter folder (a cings run: base model and settings read from it)")
+
+
+def _check_router_models(args: argparse.Namespace) -> None:
+    for side in ("ctx", "noctx"):
+        model, adapter = getattr(args, f"{side}_model"), getattr(args, f"{side}_adapter")
+        if model is None and adapter is None:
+            raise ValueError(f"give --{side}-model, or --{side}-adapter with a cings run folder")
+        _check_local(f"--{side}-model", model)
+        _check_local(f"--{side}-adapter", adapter, must_exist=True)
+
+
+def _suite_router(args: argparse.Namespace) -> dict:
+    """run_suite's routing arguments: none without --router; with it, the rule and both models."""
+    from .route import RouteRule
+
+    sides = [f"--{s.replace('_', '-')}" for s in ("ctx_model", "ctx_adapter", "noctx_model", "noctx_adapter",
+                                                 "score_threshold") if getattr(args, s) is not None]
+    if args.rule is None:
+        if sides:
+            raise ValueError(f"{', '.join(sides)}: give --router too (or --model/--adapter alone)")
+        return {}
+    if args.model or args.adapter or args.gguf_file:
+        raise ValueError("--router answers with --ctx-model/--ctx-adapter and --noctx-model/--noctx-adapter;"
+                         " give those instead of --model/--adapter")
+    rule = RouteRule(args.rule, args.score_threshold)
+    _check_router_models(args)
+    return {"router": rule, "ctx": (args.ctx_model, args.ctx_adapter), "noctx": (args.noctx_model, args.noctx_adapter)}
+
+
+def _add_route_commands(sub) -> None:
+    from .config import add_dataclass_arguments
+    from .generate import DECODINGS, GenerationSettings
+    from .prompts import DOCS, LAYOUTS
+
+    route = sub.add_parser("route", help="answer each record with a context-trained or a context-free model, by a rule",
+                           description="Route records between two models (CINGS v2): by default a record shown"
+                                       " documents goes to the ctx model with them, one without (empty 'contexts')"
+                                       " to the noctx model closed-book. The output is `cings generate`'s, plus"
+                                       " routed_to (ctx or noctx) and route_evidence per row. The generation"
+                                       " flags are the ctx model's; noctx answers closed-book, greedily.")
+    route.add_argument("--input", required=True, help="grounded records")
+    route.add_argument("--output", required=True,
+                       help="predictions, JSON Lines; an existing file needs --resume or --overwrite")
+    _add_router_arguments(route, flag="--rule")
+    add_dataclass_arguments(route, GenerationSettings, only=_GENERATE_FLAGS,
+                            custom={"docs": {"choices": DOCS}, "prompt": {"choices": LAYOUTS}, "ndocs": {"metavar": "K"},
+                                    "decoding": {"choices": DECODINGS}, "cad_alpha": {"metavar": "A"},
+                                    "cad_backoff": {"metavar": "TAU"}})
+    route.add_argument("--limit", type=int, help="only the first N records")
+    route.add_argument("--resume", action="store_true",
+                       help="go on with a stopped run or add the missing ids; refused when the rows there were made"
+                            " with another rule, threshold, model or setting (batch size may differ)")
+    route.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    route.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="fp32",
+                       help="weights' precision; auto = bf16 on a GPU or CPU with fast bf16 (AVX-512 BF16, AMX), else fp32")
+    route.add_argument("--no-merge", action="store_true", help="keep LoRA adapters apart from the weights")
+    route.add_argument("--no-progress", action="store_true")
+    route.set_defaults(func=cmd_route)
+
+    drop = sub.add_parser("drop-contexts", help="empty 'contexts' in a share of records (test sets for routing)",
+                          description="Keep the documents of a --context-fraction share of the records that have"
+                                      " any and empty the rest, chosen by --seed and each id (not file order).")
+    drop.add_argument("--input", required=True, help="grounded records")
+    drop.add_argument("--output", required=True)
+    drop.add_argument("--context-fraction", "--context_fraction", type=float, required=True, metavar="F",
+                      help="the share of records with documents that keep them (0 to 1)")
+    drop.add_argument("--seed", type=int, default=0)
+    drop.set_defaults(func=cmd_drop_contexts)
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .generate import GenerationSettings
+    from .loading import resolve_precision
+    from .records import read_records
+    from .route import RouteRule, load_endpoints, route_records
+
+    # Settings and paths first: a bad value is refused before a model is loaded.
+    rule = RouteRule(args.rule, args.score_threshold)
+    settings = GenerationSettings(**{k: getattr(args, k) for k in _GENERATE_FLAGS if getattr(args, k) is not None})
+    _check_router_models(args)
+    if not Path(args.input).is_file():
+        raise ValueError(f"--input {args.input}: no such file")
+    precision = resolve_precision(args.dtype, allowed=("auto", "bf16", "fp32"))
+    log = lambda msg: print(f"cings route: {msg}", file=sys.stderr)  # noqa: E731
+    log(f"precision {precision.describe()}")
+    if precision.warning:
+        log(f"warning: {precision.warning}")
+    ctx, noctx = load_endpoints(args.ctx_model, args.ctx_adapter, args.noctx_model, args.noctx_adapter,
+                                dtype=precision.dtype, merge=not args.no_merge)
+    report = route_records(read_records(args.input), ctx, noctx, settings, args.output, rule=rule,
+                           resume=args.resume, overwrite=args.overwrite, limit=args.limit, progress=not args.no_progress)
+    dropped = ", ".join(f"{k} {v}" for k, v in report["dropped"].items()) or "none"
+    both = f" (both answered {report['answered_by_both']})" if rule.name == "confidence" else ""
+    log(f"{rule.name}: {report['routed']['ctx']} routed to ctx ({report['ctx']}), {report['routed']['noctx']} to"
+        f" noctx ({report['noctx']}){both}; dropped {dropped}; {report['already_done']} already written;"
+        f" {report['seconds']}s; wrote {args.output}")
+    return 0
+
+
+def cmd_drop_contexts(args: argparse.Namespace) -> int:
+    from .records import write_records
+    from .splits import drop_contexts
+    from .summary import describe
+
+    records = _read_all(args.input)
+    out, report = drop_contexts(records, args.context_fraction, seed=args.seed)
+    write_records(out, args.output)
+    summary = {"command": "drop-contexts", "input": args.input, "records_in": len(records), "records_out": len(out),
+               "dropped": {}, **report, "shape": describe(out),
+               "extra": {"kept their documents": f"{report['kept']} of {report['with_contexts_in']}",
+                         "documents emptied": report["emptied"], "had none already": report["already_without"]}}
+    return _finish_data(summary, args.output)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

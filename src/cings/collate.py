@@ -3,6 +3,10 @@
 The reference padded labels with the pad id (0, which is "!" in Llama-3) and built the attention
 mask as "id != pad id", hiding every real "!". Here the mask comes from each row's length, so the
 pad id's value never matters, and labels are padded with -100 so padding is never trained.
+
+Rows rendered with a context_loss_weight carry ``loss_weights`` (one float a token); every collator
+carries them to the trainer beside the labels, 0.0 wherever a label is -100 (padding, a packed
+sequence's first token), so ``CingsTrainer`` can weigh each token's cross-entropy.
 """
 
 from __future__ import annotations
@@ -53,7 +57,38 @@ def pad_batch(features: Sequence[dict[str, Sequence[int]]], pad_token_id: int, *
         if require_trained and not bool((labels != IGNORE_INDEX).any()):
             raise ValueError(f"a batch with no trained tokens: every label is {IGNORE_INDEX}")
         batch["labels"] = labels
+        weights = _weights(features)
+        if weights is not None:
+            padded = torch.zeros((len(features), width), dtype=torch.float32)
+            for row, (w, n) in enumerate(zip(weights, lengths)):
+                padded[row, slice(width - n, width) if padding_side == "left" else slice(0, n)] = w
+            batch["loss_weights"] = _checked(padded, labels)
     return batch
+
+
+def _weights(features: Sequence[dict[str, Any]]) -> list[Any] | None:
+    """Each row's ``loss_weights`` as a float tensor, or None when no row has them."""
+    import torch
+
+    have = ["loss_weights" in f for f in features]
+    if not any(have):
+        return None
+    if not all(have):
+        raise ValueError("some rows have loss_weights and some do not: a batch is weighted throughout or not at all")
+    out = []
+    for row, f in enumerate(features):
+        if len(f["loss_weights"]) != len(f["input_ids"]):
+            raise ValueError(f"row {row}: {len(f['loss_weights'])} loss weights for {len(f['input_ids'])} input ids")
+        out.append(torch.as_tensor(f["loss_weights"], dtype=torch.float32))
+    return out
+
+
+def _checked(weights: Any, labels: Any) -> Any:
+    """A label is trained exactly where its weight is above 0 (a hand-edited file could break that)."""
+    if bool(((weights > 0) != (labels != IGNORE_INDEX)).any()) or bool((weights < 0).any()):
+        raise ValueError("loss_weights must be above 0 exactly where a label is trained and 0 elsewhere"
+                         " (tokenize the records again rather than editing weights by hand)")
+    return weights
 
 
 @dataclass
@@ -83,9 +118,16 @@ class PackingCollator:
         self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
         batch = self.flatten([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
         if not bool((batch["labels"] != IGNORE_INDEX).any()):
             raise ValueError(f"a batch with no trained tokens: every label is {IGNORE_INDEX}")
+        weights = _weights(features)
+        if weights is not None:
+            for w in weights:
+                w[:1] = 0.0  # the flattening's separator label at each sequence start
+            batch["loss_weights"] = _checked(torch.cat(weights)[None], batch["labels"])
         return batch
 
 

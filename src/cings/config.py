@@ -44,6 +44,10 @@ class TrainConfig:
     max_length: int = _f(4096, "longest sequence; passages are cut from their end to fit")
     system_prompt: str | None = _f("paper", "system prompt: 'paper' (the paper's), '' for none, or the text")
     train_markers: bool = _f(False, "also train '## Answer' in context mode")
+    context_loss_weight: float | None = _f(None, "mode context: weight λ of the passages and their markers in the loss,"
+                                           " Σ w·CE / Σ w over the step's trained tokens; 0 = CINGS (masked),"
+                                           " 1 = no_mask (trained like the answer), between = partly"
+                                           " (default: the mode's own masking)")
     allow_no_context: bool = _f(False, "train records without contexts without context (mixtures)")
     template_kwargs: dict = _f({"enable_thinking": False}, "extra chat-template variables")
     output_dir: str = _f("runs/cings", "where the HF model, checkpoints, logs and the recorded recipe go")
@@ -98,6 +102,11 @@ class TrainConfig:
             parse_mode(self.mode)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        if self.context_loss_weight is not None:
+            try:
+                self.render_options()
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise ConfigError(f"precision must be auto, bf16, fp16 or fp32, not {self.precision!r}")
         if self.save_strategy not in ("epoch", "steps", "no"):
@@ -123,7 +132,8 @@ class TrainConfig:
 
         system = {"paper": PAPER_SYSTEM_PROMPT, "": None}.get(self.system_prompt or "", self.system_prompt)
         return RenderOptions(mode=self.mode, max_length=self.max_length, system_prompt=system,
-                             train_markers=self.train_markers, allow_no_context=self.allow_no_context,
+                             train_markers=self.train_markers, context_loss_weight=self.context_loss_weight,
+                             allow_no_context=self.allow_no_context,
                              chat_template=self.chat_template, template_kwargs=self.template_kwargs)
 
     def model_source(self):

@@ -57,7 +57,8 @@ from typing import Any, Iterable, Iterator
 
 from .records import Record
 
-__all__ = ["CounterfactualStats", "answer_type", "make_counterfactual", "ANSWER_TYPES"]
+__all__ = ["CounterfactualStats", "answer_type", "make_counterfactual", "donor_pools", "counterfactual_of",
+           "ANSWER_TYPES"]
 
 ANSWER_TYPES = ("year", "decade", "date", "percent", "money", "ordinal", "number", "name", "time", "quantity",
                 "word", "phrase", "clause")
@@ -198,10 +199,8 @@ def _candidates(record: Record, pool: list[_Donor], rng: random.Random, original
                 yield pool[i]
 
 
-def make_counterfactual(records: Iterable[Record], *, seed: int = 0) -> tuple[list[Record], CounterfactualStats]:
-    """Rewrite each record's passages around a same-type answer of another question; see the module docstring."""
-    records = list(records)
-    stats = CounterfactualStats(records_in=len(records))
+def donor_pools(records: Iterable[Record]) -> dict[str, list[_Donor]]:
+    """Substitute answers by type: each distinct first answer of ``records`` once, in id order."""
     pools: dict[str, list[_Donor]] = {}
     taken: set[str] = set()
     for r in sorted(records, key=lambda r: r.id):
@@ -211,10 +210,24 @@ def make_counterfactual(records: Iterable[Record], *, seed: int = 0) -> tuple[li
             taken.add(_normalise(text))
             pools.setdefault(answer_type(text), []).append(
                 _Donor(r.id, text, _article(r), tuple(c.text for c in r.contexts), len(text.split())))
+    return pools
+
+
+def counterfactual_of(record: Record, pools: dict[str, list[_Donor]], *, seed: int = 0) -> tuple[str, Record | None]:
+    """``("", the rewritten record)``, or ``(the reason it cannot be, None)``; the same choice
+    :func:`make_counterfactual` makes for this record with these pools and seed."""
+    return _rewrite(record, pools, random.Random(f"{seed}/{record.id}"))
+
+
+def make_counterfactual(records: Iterable[Record], *, seed: int = 0) -> tuple[list[Record], CounterfactualStats]:
+    """Rewrite each record's passages around a same-type answer of another question; see the module docstring."""
+    records = list(records)
+    stats = CounterfactualStats(records_in=len(records))
+    pools = donor_pools(records)
 
     out: list[Record] = []
     for r in records:
-        reason, result = _rewrite(r, pools, random.Random(f"{seed}/{r.id}"))
+        reason, result = counterfactual_of(r, pools, seed=seed)
         if result is None:
             stats.dropped[reason] += 1
         else:

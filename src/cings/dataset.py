@@ -24,17 +24,22 @@ class TokenizeStats:
     truncated: int = 0
     tokens: int = 0
     trained_tokens: int = 0
+    partly_trained_tokens: int = 0  # trained at a context_loss_weight below 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"examples_in": self.examples_in, "examples_out": self.examples_out, "dropped": dict(self.dropped),
-                "truncated": self.truncated, "tokens": self.tokens, "trained_tokens": self.trained_tokens}
+        out = {"examples_in": self.examples_in, "examples_out": self.examples_out, "dropped": dict(self.dropped),
+               "truncated": self.truncated, "tokens": self.tokens, "trained_tokens": self.trained_tokens}
+        if self.partly_trained_tokens:
+            out["partly_trained_tokens"] = self.partly_trained_tokens
+        return out
 
     def lines(self) -> list[str]:
         dropped = ", ".join(f"{k}: {v}" for k, v in sorted(self.dropped.items())) or "none"
         share = self.trained_tokens / self.tokens if self.tokens else 0.0
+        partly = f", {self.partly_trained_tokens} of them at the context loss weight" if self.partly_trained_tokens else ""
         return [f"examples in {self.examples_in}, out {self.examples_out}; dropped {sum(self.dropped.values())} ({dropped});"
                 f" contexts cut in {self.truncated}",
-                f"tokens {self.tokens}, trained {self.trained_tokens} ({share:.1%})"]
+                f"tokens {self.tokens}, trained {self.trained_tokens} ({share:.1%}){partly}"]
 
 
 def record_chars(record: Record) -> int:
@@ -119,7 +124,10 @@ def bound_contexts(record: Record, renderer: Renderer) -> Record:
 def _render_batch(batch: dict[str, list], renderer: Renderer) -> dict[str, list]:
     records = [parse_record(json.loads(s)) for s in batch["record"]]
     out: dict[str, list] = {"id": [], "input_ids": [], "labels": [], "status": [], "num_tokens": [],
-                            "num_trained": [], "truncated": [], "chars": []}
+                            "num_trained": [], "num_partly": [], "truncated": [], "chars": []}
+    weighted = renderer.options.context_loss_weight is not None
+    if weighted:
+        out["loss_weights"] = []
     for record, chars, result in zip(records, batch["record_chars"], renderer.render_batch(records)):
         out["id"].append(result.id)
         out["chars"].append(chars)
@@ -129,11 +137,17 @@ def _render_batch(batch: dict[str, list], renderer: Renderer) -> dict[str, list]
             out["status"].append(result.reason)
             out["num_tokens"].append(result.num_tokens)
             out["num_trained"].append(0)
+            out["num_partly"].append(0)
             out["truncated"].append(False)
+            if weighted:
+                out["loss_weights"].append([])
             continue
         trained = result.num_trained
         out["input_ids"].append(result.input_ids)
         out["labels"].append(result.labels)
+        out["num_partly"].append(sum(1 for w in result.loss_weights or () if 0 < w < 1))
+        if weighted:
+            out["loss_weights"].append(result.loss_weights)
         # A row with nothing to learn from would give a silent zero loss (anchors.md §3): drop it, counted.
         out["status"].append("ok" if trained else "no_trained_tokens")
         out["num_tokens"].append(len(result.input_ids))
@@ -178,15 +192,17 @@ def tokenize_records(records: Iterable[Record], renderer: Renderer, *, num_proc:
     status = mapped["status"]
     kept_mask = [s == "ok" for s in status]
     stats.dropped = dict(Counter(s for s in status if s != "ok"))
-    for ok, n, t, cut in zip(kept_mask, mapped["num_tokens"], mapped["num_trained"], mapped["truncated"]):
+    for ok, n, t, p, cut in zip(kept_mask, mapped["num_tokens"], mapped["num_trained"], mapped["num_partly"],
+                                mapped["truncated"]):
         if ok:
             stats.tokens += n
             stats.trained_tokens += t
+            stats.partly_trained_tokens += p
             stats.truncated += bool(cut)
     kept = [i for i, ok in enumerate(kept_mask) if ok]
     stats.examples_out = len(kept)
     dataset = mapped.select(kept) if len(kept) != len(mapped) else mapped
-    dataset = dataset.remove_columns(["status", "num_tokens", "num_trained", "truncated"])
+    dataset = dataset.remove_columns(["status", "num_tokens", "num_trained", "num_partly", "truncated"])
     return dataset, stats
 
 
@@ -209,17 +225,19 @@ def render_manifest(renderer: Renderer, tokenizer_spec: str, input_path: str | P
 
 
 def write_tokenized(dataset, output: str | Path, manifest: dict) -> Path:
-    """``.jsonl`` -> one ``{"id", "input_ids", "labels"}`` object a line; anything else -> a datasets folder.
+    """``.jsonl`` -> one ``{"id", "input_ids", "labels"}`` object a line (and ``loss_weights`` with a
+    context_loss_weight); anything else -> a datasets folder.
 
     The manifest goes to ``X.stats.json`` beside a JSONL file, or ``cings_stats.json`` inside a folder.
     """
     output = Path(output)
     if output.suffix == ".jsonl":
         output.parent.mkdir(parents=True, exist_ok=True)
+        columns = ["id", "input_ids", "labels"] + (["loss_weights"] if "loss_weights" in dataset.column_names else [])
         with open(output, "w", encoding="utf-8") as handle:
-            for row in dataset.iter(batch_size=1000):
-                for rid, ids, labels in zip(row["id"], row["input_ids"], row["labels"]):
-                    handle.write(json.dumps({"id": rid, "input_ids": ids, "labels": labels}) + "\n")
+            for batch in dataset.iter(batch_size=1000):
+                for values in zip(*(batch[c] for c in columns)):
+                    handle.write(json.dumps(dict(zip(columns, values))) + "\n")
         manifest_path = output.with_suffix(".stats.json")
     else:
         dataset.save_to_disk(str(output))

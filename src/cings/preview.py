@@ -13,19 +13,22 @@ from .render import Dropped, Kind, Rendered, Renderer
 __all__ = ["preview", "preview_file", "mark_trained"]
 
 LEGEND_PLAIN = "legend: [[...]] = trained (the loss is on these tokens); everything else is masked (label -100)"
+LEGEND_PARTLY = "{{...}} = trained at the context loss weight"
 
 
 def _char_classes(rendered: Rendered) -> list[str]:
-    """Per character: 'train' if a trained token covers it, 'context' for masked passage text, else 'mask'."""
+    """Per character: 'train' if a trained token covers it ('partly' at a context loss weight below 1),
+    'context' for masked passage text, else 'mask'."""
     classes = ["mask"] * len(rendered.text)
     for s, e, kind in rendered.spans:
         if kind is Kind.CONTEXT:
             for c in range(s, e):
                 classes[c] = "context"
-    for (a, b), label in zip(rendered.offsets or [], rendered.labels):
+    weights = rendered.loss_weights or [1.0] * len(rendered.labels)
+    for (a, b), label, weight in zip(rendered.offsets or [], rendered.labels, weights):
         if label != -100:
             for c in range(a, b):
-                classes[c] = "train"
+                classes[c] = "train" if weight >= 1 else "partly"
     return classes
 
 
@@ -41,7 +44,7 @@ def mark_trained(rendered: Rendered) -> str:
     """The rendered text with every trained run wrapped in ``[[ ]]``."""
     out = []
     for text, cls in _runs(rendered.text, _char_classes(rendered)):
-        out.append(f"[[{text}]]" if cls == "train" else text)
+        out.append(f"[[{text}]]" if cls == "train" else f"{{{{{text}}}}}" if cls == "partly" else text)
     return "".join(out)
 
 
@@ -77,17 +80,19 @@ def preview(records: Iterable, renderer: Renderer, *, n: int = 3, plain: bool = 
         else:
             console.print(Text(header, style="bold"))
             body = Text()
-            styles = {"train": "bold black on green", "context": "yellow dim", "mask": "dim"}
+            styles = {"train": "bold black on green", "partly": "black on cyan", "context": "yellow dim", "mask": "dim"}
             for text, cls in _runs(result.text, _char_classes(result)):
                 body.append(text, style=styles[cls])
             console.print(body)
         console.print()
     console.print(f"shown {shown}: {shown - dropped} rendered, {dropped} dropped; tokens {tokens}, trained {trained}",
                   markup=False)
+    weight = renderer.options.context_loss_weight if 0 < (renderer.options.context_loss_weight or 0) < 1 else None
     if plain:
-        console.print(LEGEND_PLAIN, markup=False)
+        console.print(LEGEND_PLAIN + (f"; {LEGEND_PARTLY} {weight:g}" if weight else ""), markup=False)
     else:
-        console.print(Text.assemble("legend: ", ("trained (loss)", "bold black on green"), " · ",
+        partly = [("trained at the context loss weight", "black on cyan"), f" ({weight:g}) · "] if weight else []
+        console.print(Text.assemble("legend: ", ("trained (loss)", "bold black on green"), " · ", *partly,
                                     ("masked context", "yellow dim"), " · ", ("masked prompt and template", "dim")))
     return shown
 

@@ -91,7 +91,9 @@ class PromptBuilder:
         select_docs(Record(id="-", instruction="-", contexts=(), response="-"), docs, ndocs)  # validates
         self.layout, self.docs, self.ndocs = layout, docs, ndocs
         mode = {"prefill": Mode.CONTEXT, "input": Mode.INPUT_CONTEXT, "raw": Mode.NO_CONTEXT}[layout]
-        base = replace(options, train_markers=False, allow_no_context=True)
+        # A prompt ends at the first trained token: a run's context_loss_weight would train the passage
+        # and end the prompt before it.
+        base = replace(options, train_markers=False, allow_no_context=True, context_loss_weight=None)
         if layout == "raw":
             base = replace(base, system_prompt=None)
         self.with_docs = Renderer(tokenizer, replace(base, mode=mode))
@@ -101,6 +103,19 @@ class PromptBuilder:
         docs = select_docs(record, self.docs, self.ndocs)
         if docs is None:
             return Dropped(record.id, "no_gold_passage")
+        return self._render(record, docs)
+
+    def build_pair(self, record: Record) -> tuple[Prompt, Prompt] | Dropped:
+        """The prompt and the same record's closed-book prompt in the same layout (``--docs none``: in
+        ``prefill`` the assistant turn opens empty, in ``input`` the user turn holds the question alone),
+        the two branches of context-aware decoding."""
+        with_docs = self.build(record)
+        if isinstance(with_docs, Dropped):
+            return with_docs
+        closed = self._render(record, ())
+        return closed if isinstance(closed, Dropped) else (with_docs, closed)
+
+    def _render(self, record: Record, docs: tuple[Context, ...]) -> Prompt | Dropped:
         renderer = self.with_docs if docs else self.closed
         probe = replace(record, contexts=docs, segments=None, response=_PLACEHOLDER)
         if self.layout == "raw":

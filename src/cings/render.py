@@ -16,7 +16,7 @@ from enum import Enum
 from typing import Any, Sequence
 
 from .chat_frame import ChatFrame, TemplateError, build_frame, control_pattern, control_tokens, resolve_template
-from .masking import EncodingTokens, HeadTokens, Kind, OffsetTokens, Tokens, assign_labels
+from .masking import IGNORE_INDEX, EncodingTokens, HeadTokens, Kind, OffsetTokens, Tokens, assign_labels
 from .records import Context, Record, RecordError
 
 __all__ = ["Mode", "parse_mode", "Kind", "RenderOptions", "Renderer", "Rendered", "Dropped",
@@ -85,6 +85,7 @@ class RenderOptions:
     numbering: str = field(default="auto", metadata={"help": "number several passages 'Context1: ...' with blank lines, as the paper: auto (when 2+), always, never"})
     title_separator: str = field(default=" ", metadata={"help": "text between a passage's title and its text"})
     train_markers: bool = field(default=False, metadata={"help": "also train the answer marker ('## Answer')"})
+    context_loss_weight: float | None = field(default=None, metadata={"help": "mode context: weight of the passages and their markers in the loss; 0 = CINGS (masked), 1 = no_mask (trained like the answer), between = partly (default: the mode's own masking)"})
     allow_no_context: bool = field(default=False, metadata={"help": "render records with no contexts without context instead of failing (for mixtures)"})
     chat_template: str | None = field(default=None, metadata={"help": "a Jinja file or builtin (llama2-chat, chatml) instead of the tokenizer's template"})
     template_kwargs: tuple[tuple[str, Any], ...] = field(default=(("enable_thinking", False),), metadata={"help": "extra template variables as JSON (Qwen3: enable_thinking false puts the empty think block in the prompt)"})
@@ -100,6 +101,14 @@ class RenderOptions:
         for name in ("context_marker", "answer_marker"):
             if not getattr(self, name).strip():
                 raise ValueError(f"{name} must not be empty")
+        weight = self.context_loss_weight
+        if weight is not None:
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
+                raise ValueError(f"context_loss_weight must be a number from 0 to 1, not {weight!r}")
+            if self.mode is not Mode.CONTEXT:
+                raise ValueError(f"context_loss_weight weighs the passage in the answer of mode context, not mode"
+                                 f" {self.mode.value!r} (no_mask is weight 1, context weight 0)")
+            object.__setattr__(self, "context_loss_weight", float(weight))
 
     def trainable(self) -> frozenset[Kind]:
         kinds = {Kind.ANSWER, Kind.EOT}
@@ -109,10 +118,20 @@ class RenderOptions:
             kinds.add(Kind.ANSWER_MARKER)
         return frozenset(kinds)
 
+    def weighted(self) -> frozenset[Kind]:
+        """Kinds trained at weight ``context_loss_weight``: what no_mask trains and this mode does not (the
+        passages, their markers and, unless ``train_markers``, ``## Answer``). Empty without a weight or at 0."""
+        if not self.context_loss_weight:
+            return frozenset()
+        return frozenset({Kind.MARKER, Kind.CONTEXT, Kind.ANSWER_MARKER}) - self.trainable()
+
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["mode"] = self.mode.value
         out["template_kwargs"] = dict(self.template_kwargs)
+        if self.context_loss_weight is None:
+            # Unset, it is left out: manifests and runs recorded before the option existed stay comparable.
+            del out["context_loss_weight"]
         return out
 
 
@@ -129,6 +148,9 @@ class Rendered:
     truncated: bool = False
     offsets: list[tuple[int, int]] | None = None
     messages: list[dict[str, str]] | None = None  # the chat these ids encode (after truncation)
+    # Per token, with a context_loss_weight: 1.0 where the mode trains, the weight on the passage tokens,
+    # 0.0 where the label is IGNORE_INDEX (a label is trained exactly where its weight is above 0).
+    loss_weights: list[float] | None = None
 
     @property
     def num_trained(self) -> int:
@@ -345,9 +367,27 @@ class Renderer:
             truncated = True
         ids = tokens.ids()
         labels = assign_labels(ids, lay.spans, self._trainable, tokens)
+        weights = None
+        if self.options.context_loss_weight is not None:
+            labels, weights = self._weigh(ids, lay.spans, labels, tokens)
         return Rendered(id=record.id, text=lay.text, spans=lay.spans, input_ids=ids, labels=labels,
                         truncated=truncated, offsets=tokens.offsets() if with_offsets else None,
-                        messages=lay.messages)
+                        messages=lay.messages, loss_weights=weights)
+
+    def _weigh(self, ids: list[int], spans: list[tuple[int, int, Kind]], core: list[int],
+               tokens: Tokens) -> tuple[list[int], list[float]]:
+        """Labels and weights with a context_loss_weight λ: the mode's own labels at weight 1, and the tokens
+        no_mask trains beyond them (its labels, by the same straddling rule) at λ. So λ = 0 gives exactly
+        the context labels and λ = 1 exactly the no_mask labels, each with every weight 1."""
+        weight = self.options.context_loss_weight
+        extra = self.options.weighted()
+        if not extra:
+            return core, [0.0 if label == IGNORE_INDEX else 1.0 for label in core]
+        wide = assign_labels(ids, spans, self._trainable | extra, tokens)
+        labels = [c if c != IGNORE_INDEX else w for c, w in zip(core, wide)]
+        weights = [1.0 if c != IGNORE_INDEX else (0.0 if label == IGNORE_INDEX else weight)
+                   for c, label in zip(core, labels)]
+        return labels, weights
 
     def _check_head(self, lay: Layout) -> tuple[list[int], list[tuple[int, int]]] | None:
         whole = self.backend.encode(lay.text, add_special_tokens=False)

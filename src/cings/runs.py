@@ -30,7 +30,7 @@ __all__ = ["Run", "load_run", "checkpoints", "last_complete_checkpoint", "checkp
            "tokenizer_fingerprint", "tokenized_manifest", "check_tokenized", "check_resume", "open_output", "start_run", "record_written",
            "finish_run", "remove_run", "truncate_loss_log", "RESUMABLE", "CONFIG_FILE", "DATA_FILE", "FILES_FILE",
            "LOSS_LOG", "DATA_ORDER", "load_for_generation", "write_export_record", "EXPORT_RECIPE", "EXPORT_FILE",
-           "has_weights", "shard_kind", "checkpoint_complete", "run_and_weights"]
+           "has_weights", "shard_kind", "checkpoint_complete", "run_and_weights", "load_run_base", "weights_by_step"]
 
 EXPORT_RECIPE = "cings_recipe.yaml"  # the run's recipe, beside an export (not a run folder: no cings_config.yaml)
 EXPORT_FILE = "cings_export.json"
@@ -256,12 +256,49 @@ def load_for_generation(model: str | None, *, adapter: str | None = None, gguf_f
     tok = load_tokenizer(tok_spec or source.tokenizer_spec())
     gguf = source.model_config is None and resolve_model(str(source.model), source.gguf_file)[1] is not None
     merge_in = torch.float32 if (adapter and gguf) else dtype  # a dequantized GGUF merges at full precision
-    base = load_causal_lm(source, merge_in)  # a model_config base: the same seeded initialisation as the run's
+    # A model_config base: the same seeded initialisation as the run's, which sized its embeddings by the tokenizer.
+    base = load_causal_lm(source, merge_in, tokenizer=tok if source.model_config else None)
     if adapter:
         base = attach_adapter(base, adapter, merge=merge)
     options = recipe.render_options() if recipe is not None else RenderOptions()
     spec = "model_config" if source.model_config else str(source.model)
     return base.to(dtype).eval(), tok, options, spec
+
+
+def load_run_base(folder: str | Path, *, dtype: Any = None):
+    """``(model, tokenizer, render options, base model spec)`` of the run in ``folder`` before its first step:
+    its base model (a model_config base seeded as the run seeded it), the tokenizer and render options
+    it trained with. The step 0 of a study over the run's checkpoints."""
+    import torch
+
+    from .loading import load_causal_lm, load_tokenizer
+
+    run = load_run(folder)
+    if run is None or run.config is None:
+        raise ConfigError(f"{folder}: not a cings run folder (no {CONFIG_FILE})")
+    recipe = run.config
+    source = recipe.model_source()
+    tok = load_tokenizer(recipe.tokenizer if recipe.tokenizer is not None else source.tokenizer_spec())
+    model = load_causal_lm(source, dtype or torch.float32, tokenizer=tok)
+    spec = "model_config" if source.model_config else str(source.model)
+    return model.eval(), tok, recipe.render_options(), spec
+
+
+def weights_by_step(folder: str | Path) -> list[tuple[int, Path]]:
+    """``(global step, folder)`` of the weights a run left along the way: each complete ``checkpoint-N``,
+    then the run folder itself when the run finished past its last checkpoint."""
+    run = load_run(folder)
+    if run is None:
+        raise ConfigError(f"{folder}: not a cings run folder")
+    found = [(checkpoint_step(p), p) for p in run.checkpoints if _complete(p)]
+    if run.finished and run.weights:
+        final = run.data.get("global_step")
+        if final is None:  # runs before global_step was recorded: their micro batches over the accumulation
+            order, accumulation = run.data.get("data_order") or {}, run.data.get("gradient_accumulation_steps") or 1
+            final = order.get("micro_batches", 0) // accumulation or None
+        if final is not None and (not found or int(final) > found[-1][0]):
+            found.append((int(final), run.folder))
+    return found
 
 
 def write_export_record(run_dir: str | Path, export_dir: str | Path, info: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""``cings split`` and ``cings mix``: deterministic splits by a key, and mixtures by ratio or count."""
+"""``cings split``, ``cings mix`` and ``cings drop-contexts``: deterministic splits by a key, mixtures by ratio
+or count, and test sets where only a share of the records keep their documents."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Sequence
 
 from .records import Record
 
-__all__ = ["split_key", "split_records", "mix_records", "SPLIT_KEYS"]
+__all__ = ["split_key", "split_records", "mix_records", "drop_contexts", "SPLIT_KEYS"]
 
 SPLIT_KEYS = ("title", "context", "id", "meta.FIELD")
 
@@ -130,3 +131,25 @@ def mix_records(sources: Sequence[tuple[str, Sequence[Record]]], *, counts: Sequ
 
 def source_name(path: str | Path) -> str:
     return Path(path).name.split(".")[0]
+
+
+def drop_contexts(records: Sequence[Record], context_fraction: float, *, seed: int = 0) -> tuple[list[Record], dict]:
+    """Empty ``contexts`` in all but ``context_fraction * n`` (rounded half up) of the ``n`` records that have any.
+
+    Which records keep theirs depends on the seed and each id alone (not on file order), and with one
+    seed a smaller fraction keeps a subset of what a larger one keeps, so test sets at several
+    fractions differ only in the records that lose their documents. An emptied record also loses its
+    segments (they hold the passages) and says how many passages it had in ``meta.contexts_dropped``.
+    """
+    if isinstance(context_fraction, bool) or not 0 <= context_fraction <= 1:
+        raise ValueError(f"--context-fraction must be between 0 and 1, not {context_fraction!r}")
+    with_docs = [r.id for r in records if r.contexts]
+    order = sorted(with_docs, key=lambda rid: hashlib.sha256(f"{seed}\0{rid}".encode("utf-8")).hexdigest())
+    keep = set(order[:int(context_fraction * len(with_docs) + 0.5)])  # half rounds up
+    out = [r if not r.contexts or r.id in keep else
+           replace_fields(r, contexts=(), segments=None, meta={**r.meta, "contexts_dropped": len(r.contexts)})
+           for r in records]
+    report = {"context_fraction": context_fraction, "seed": seed, "with_contexts_in": len(with_docs),
+              "kept": len(keep), "emptied": len(with_docs) - len(keep),
+              "already_without": len(records) - len(with_docs)}
+    return out, report

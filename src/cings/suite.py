@@ -1,5 +1,8 @@
 """``cings eval-suite``: one model over a YAML list of (dataset, docs, layout) -> predictions -> metrics -> one report.
 
+With a router (``--router has-docs --ctx-adapter A --noctx-adapter B``) each entry is answered by
+:func:`cings.route.route_records` instead: two models, each record by the one the rule picks.
+
 A suite file has ``entries`` (each: ``name``, ``data``, optional ``format``, ``docs``, ``ndocs``, ``prompt``,
 ``limit``, ``max_new_tokens``) and optional ``limit``, ``seed``, ``max_new_tokens`` and ``metrics``.
 A relative ``data`` path is read from the suite file's folder. The default suite ships inside the
@@ -12,9 +15,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .generate import GenerationSettings
+
+if TYPE_CHECKING:
+    from .route import RouteRule
 
 __all__ = ["DEFAULT_SUITE", "Suite", "SuiteEntry", "load_suite", "run_suite", "spread_sample", "examples_dir"]
 
@@ -137,8 +143,10 @@ def load_suite(suite: str | Path | None = None, *, limit: int | None = None, bat
 def run_suite(suite: str | Path | None, *, model: str | None, adapter: str | None = None, gguf_file: str | None = None,
               output_dir: str | Path, limit: int | None = None, batch_size: int = 8,
               max_new_tokens: int | None = None, resume: bool = False, overwrite: bool = False,
-              progress: bool = True) -> Path:
-    """Generate and evaluate every entry of a suite YAML for one model; returns the report path."""
+              router: RouteRule | None = None, ctx: tuple[str | None, str | None] = (None, None),
+              noctx: tuple[str | None, str | None] = (None, None), progress: bool = True) -> Path:
+    """Generate and evaluate every entry of a suite YAML for one model, or routed between ``ctx`` and
+    ``noctx`` (each ``(model, adapter)``) by ``router`` (a :class:`cings.route.RouteRule`); returns the report path."""
     from .evaluate import evaluate_file
     from .generate import generate_records
     from .prepare import prepare
@@ -155,17 +163,28 @@ def run_suite(suite: str | Path | None, *, model: str | None, adapter: str | Non
         if held:
             raise ValueError(f"--output-dir {out}: predictions of {', '.join(held)} exist; pass --resume to add the"
                              " missing ids (same settings) or --overwrite to replace them")
-    model_obj, tok, options, model_spec = load_for_generation(model, adapter=adapter, gguf_file=gguf_file)
+    if router is not None:
+        from .route import load_endpoints, route_records
+
+        ends = load_endpoints(*ctx, *noctx)
+        title = f"{router.name} router: ctx {ends[0].describe()}, noctx {ends[1].describe()}"
+    else:
+        model_obj, tok, options, model_spec = load_for_generation(model, adapter=adapter, gguf_file=gguf_file)
+        title = f"{model_spec}{' + ' + adapter if adapter else ''}"
     runs = []
     for entry in spec.entries:
         records = list(read_records(entry.data)) if entry.format == "records" else prepare(entry.format, [entry.data])[0]
         records = spread_sample(records, entry.limit, spec.seed)
-        settings = replace(entry.settings, model=model_spec, adapter=adapter)
         pred = out / entry.name / "predictions.jsonl"
-        generate_records(records, model_obj, tok, options, settings, pred, resume=resume, overwrite=overwrite,
-                         progress=progress)
+        if router is not None:
+            route_records(records, *ends, entry.settings, pred, rule=router, resume=resume, overwrite=overwrite,
+                          progress=progress)
+        else:
+            settings = replace(entry.settings, model=model_spec, adapter=adapter)
+            generate_records(records, model_obj, tok, options, settings, pred, resume=resume, overwrite=overwrite,
+                             progress=progress)
         evaluate_file(pred, out / entry.name / "metrics.json")
         runs.append(f"{entry.name}={out / entry.name / 'metrics.json'}")
     report, _ = compare_runs(runs, out / "report.md", metrics=spec.metrics,
-                             title=f"{model_spec}{' + ' + adapter if adapter else ''}: {spec.path.name}")
+                             title=f"{title}: {spec.path.name}")
     return report

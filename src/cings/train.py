@@ -113,15 +113,18 @@ def _load_split(path: str, renderer: Any, cfg: TrainConfig, progress: bool):
 
 
 def _tokenized_jsonl(path: Path):
-    """The ``{id, input_ids, labels}`` lines `cings tokenize` writes to a .jsonl output."""
+    """The ``{id, input_ids, labels}`` lines (``loss_weights`` too, with a context_loss_weight) `cings tokenize`
+    writes to a .jsonl output."""
     import datasets
 
     from .jsonl import iter_jsonl
 
     columns: dict[str, list] = {"id": [], "input_ids": [], "labels": []}
     for where, _, row in iter_jsonl(path):  # FILE:LINE for bad JSON, bad bytes and a truncated .gz
+        if not columns["id"] and isinstance(row, dict) and "loss_weights" in row:  # the first row decides
+            columns["loss_weights"] = []
         if not isinstance(row, dict) or any(k not in row for k in columns):
-            raise ConfigError(f"{where}: not a line of `cings tokenize` (id, input_ids, labels)")
+            raise ConfigError(f"{where}: not a line of `cings tokenize` ({', '.join(columns)})")
         for key in columns:
             columns[key].append(row[key])
     return datasets.Dataset.from_dict(columns)
@@ -138,7 +141,7 @@ def build_datasets(cfg: TrainConfig, tokenizer: Any, progress: bool = True, rend
     eval_set = None
     if cfg.eval_data:
         eval_set, _ = _load_split(cfg.eval_data, renderer, cfg, progress)
-    keep = ["input_ids", "labels"]
+    keep = ["input_ids", "labels", "loss_weights"]  # loss_weights: only with a context_loss_weight
     if cfg.group_by_length:
         if "chars" not in train_set.column_names:
             raise ConfigError(f"group_by_length: data {cfg.data} has no 'chars' column; give the records (.jsonl)"
@@ -147,7 +150,7 @@ def build_datasets(cfg: TrainConfig, tokenizer: Any, progress: bool = True, rend
     train_set = train_set.remove_columns([c for c in train_set.column_names if c not in keep])
     train_set = train_set.add_column("row", list(range(len(train_set))))  # for OrderRecorder
     if eval_set is not None:
-        eval_set = eval_set.remove_columns([c for c in eval_set.column_names if c not in ("input_ids", "labels")])
+        eval_set = eval_set.remove_columns([c for c in eval_set.column_names if c not in keep[:3]])
     return train_set, eval_set, stats, renderer
 
 
@@ -237,7 +240,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(output_dir))
         # rows of the training file in the order this process trained them (see OrderRecorder)
-        runs.finish_run(output_dir, cfg, {**info, "data_order": trained_order})
+        runs.finish_run(output_dir, cfg, {**info, "data_order": trained_order, "global_step": trainer.state.global_step})
     return TrainResult(output_dir=str(output_dir), metrics=dict(outcome.metrics), data=stats.to_dict(),
                        global_step=trainer.state.global_step, config=asdict(cfg),
                        data_order=trained_order)

@@ -33,23 +33,48 @@ class CingsTrainer(Trainer):
         with the trained positions gives the same loss for a fraction of that work. The
         normalisation follows ``Trainer``'s own path for causal LMs exactly: a sum over trained
         tokens divided by ``num_items_in_batch`` (the whole accumulated batch) when it is given.
+
+        With ``loss_weights`` (a context_loss_weight) the loss is ``Σ w_t·CE_t / Σ w_t``: both sums run
+        over the trained targets (``labels[:, 1:]``) of every micro batch of the optimizer step, on every
+        device (``_get_num_items_in_batch`` makes the denominator), or of this micro batch when no
+        ``num_items_in_batch`` is given. Weights are 1 where the mode trains, so λ = 0 and λ = 1 are the
+        context and no_mask losses: the same sums over the same tokens.
         """
         labels = inputs.get("labels")
+        weights = inputs.get("loss_weights")
         pc = getattr(self.accelerator, "parallelism_config", None)
-        plain = (not self.trained_logits_only or labels is None or return_outputs or self.label_smoother is not None
-                 or self.compute_loss_func is not None or (pc is not None and getattr(pc, "sp_enabled", False)))
+        sequence_parallel = pc is not None and getattr(pc, "sp_enabled", False)
+        if weights is not None and (self.label_smoother is not None or self.compute_loss_func is not None
+                                    or sequence_parallel or labels is None):
+            raise ValueError("loss_weights (context_loss_weight) need labels, and do not combine with label smoothing,"
+                             " a compute_loss_func or sequence parallelism")
+        plain = weights is None and (not self.trained_logits_only or labels is None or return_outputs
+                                     or self.label_smoother is not None or self.compute_loss_func is not None
+                                     or sequence_parallel)
         if plain:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         import torch
         import torch.nn.functional as F
 
         target = labels[:, 1:]
-        keep = (target != IGNORE_INDEX).any(0).nonzero().flatten()
-        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep)
-        logits = outputs.logits.float()
+        forward = {k: v for k, v in inputs.items() if k not in ("labels", "loss_weights")}
+        if self.trained_logits_only and not return_outputs:
+            keep = (target != IGNORE_INDEX).any(0).nonzero().flatten()
+            outputs = model(**forward, logits_to_keep=keep)
+            logits = outputs.logits.float()
+        else:  # all logits (an evaluation step returns them); the last position predicts nothing
+            keep = slice(None)
+            outputs = model(**forward)
+            logits = outputs.logits[:, :-1].float()
         target = target[:, keep].to(logits.device)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX,
-                               reduction="sum")
+        flat = (logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+        if weights is None:
+            loss = F.cross_entropy(*flat, ignore_index=IGNORE_INDEX, reduction="sum")
+            local = (target != IGNORE_INDEX).sum().clamp(min=1)
+        else:
+            w = weights[:, 1:][:, keep].to(logits.device).reshape(-1)
+            loss = (F.cross_entropy(*flat, ignore_index=IGNORE_INDEX, reduction="none") * w).sum()
+            local = w.sum()  # above 0: the collator refuses a batch without a trained token
         if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             if torch.is_tensor(num_items_in_batch):
                 num_items_in_batch = num_items_in_batch.to(loss.device)
@@ -58,8 +83,26 @@ class CingsTrainer(Trainer):
                 scale = self.accelerator.num_processes // self.get_tp_size()
                 loss = loss * (scale if self.args.n_gpu <= 1 else self.args.n_gpu)
         else:
-            loss = loss / (target != IGNORE_INDEX).sum().clamp(min=1)
-        return loss
+            loss = loss / local
+        return (loss, outputs) if return_outputs else loss
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: Any):
+        """With ``loss_weights``, the normaliser of an optimizer step is the sum of the weights of its
+        trained targets (``loss_weights[..., 1:]``) instead of their count, gathered across processes and
+        divided as ``Trainer._get_num_items_in_batch`` does the count (which it remains without weights)."""
+        if (not batch_samples or "loss_weights" not in batch_samples[0]
+                or not (self.model_accepts_loss_kwargs or self.compute_loss_func is not None)):
+            return super()._get_num_items_in_batch(batch_samples, device)
+        total = sum(batch["loss_weights"][..., 1:].sum() for batch in batch_samples)
+        if self.args.average_tokens_across_devices:
+            if self.args.world_size > 1:
+                total = self.accelerator.gather(total.to(device)).sum()
+        elif self.args.n_gpu > 1:
+            total = total / self.args.n_gpu
+        total = total.to(device)
+        if self.args.n_gpu > 1 and total.dim() == 0:
+            total = total.unsqueeze(0).expand(self.args.n_gpu, -1)
+        return total / (self.get_tp_size() * self.get_cp_size() * self.get_sp_size())
 
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None):
         if self.lr_scheduler is None:

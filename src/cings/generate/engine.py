@@ -1,6 +1,7 @@
-"""``cings generate``: a model (+ LoRA adapter) answers grounded records, one prediction a line.
+"""The generation run: a model (+ LoRA adapter) answers grounded records, one prediction a line.
 
-Greedy by default, stopping at the template's end-of-turn token. Prompts are sorted by length and
+Greedy by default (CAD and AdaCAD on request: :mod:`cings.generate.decoding`), stopping at the
+template's end-of-turn token. Prompts are sorted by length and
 left-padded, so the batch size changes speed, not outputs (tested token for token). Output is
 appended batch by batch; ``resume`` skips ids already written, so a killed run loses nothing and
 duplicates nothing. A resume refuses rows written with other settings (a file holds one setting),
@@ -13,14 +14,16 @@ run folder and loads them): generation imports neither training nor run folders.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .prompts import DOCS, LAYOUTS, Prompt, PromptBuilder
-from .records import Record, RecordError
-from .render import Dropped, RenderOptions
+from ..prompts import DOCS, LAYOUTS, Prompt, PromptBuilder
+from ..records import Record, RecordError
+from ..render import Dropped, RenderOptions
+from .decoding import DECODINGS, Contrastive, decode, greedy_step
 
 __all__ = ["GenerationSettings", "generate_records", "written_ids", "check_resumable"]
 
@@ -45,6 +48,13 @@ class GenerationSettings:
     max_new_tokens: int = _f(300, "the most tokens an answer may have")
     batch_size: int = _f(8, "records per batch (speed only: outputs equal batch size 1's)")
     greedy: bool = _f(True, "greedy decoding (false: sampling)")
+    decoding: str = _f("greedy", "greedy; cad: context-aware decoding, (1+A)·log p(y|docs,x) − A·log p(y|x) with A ="
+                                 " --cad-alpha, the second prompt being the same record without documents; adacad:"
+                                 " the same with A = JSD of the two distributions (nats) + --adacad-offset, per token")
+    cad_alpha: float = _f(1.0, "CAD's weight A on the contrast (--decoding cad); 0 is plain greedy decoding")
+    adacad_offset: float = _f(0.0, "added to AdaCAD's per-token JSD weight (--decoding adacad)")
+    cad_backoff: float = _f(0.0, "τ (cad, adacad): a token whose with/without-documents JSD (nats, at most ln 2 ="
+                                 " 0.693) is below τ is taken from the without-documents distribution; 0: never")
     model: str | None = _f(None, "the model spec the predictions came from (recorded in each row)")
     adapter: str | None = _f(None, "the LoRA adapter the predictions came from (recorded in each row)")
     extra: dict = field(default_factory=dict, metadata={"help": "more settings recorded in each row"})
@@ -59,16 +69,49 @@ class GenerationSettings:
             raise ValueError(f"--docs must be one of {', '.join(DOCS)}, not {self.docs!r}")
         if self.prompt not in LAYOUTS:
             raise ValueError(f"--prompt must be one of {', '.join(LAYOUTS)}, not {self.prompt!r}")
+        self._check_decoding()
+
+    def _check_decoding(self) -> None:
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"--decoding must be one of {', '.join(DECODINGS)}, not {self.decoding!r}")
+        for name in ("cad_alpha", "adacad_offset", "cad_backoff"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number, not {value!r}")
+        if self.cad_alpha < 0 or self.cad_backoff < 0:
+            raise ValueError("--cad-alpha and --cad-backoff must be at least 0")
+        # A weight the chosen decoding ignores is a mistake in the command, not a setting to record.
+        if self.cad_alpha != 1.0 and self.decoding != "cad":
+            raise ValueError("--cad-alpha is CAD's weight: it needs --decoding cad (adacad computes its own per token)")
+        if self.adacad_offset != 0 and self.decoding != "adacad":
+            raise ValueError("--adacad-offset needs --decoding adacad")
+        if self.cad_backoff != 0 and self.decoding == "greedy":
+            raise ValueError("--cad-backoff needs --decoding cad or adacad")
+        if self.decoding != "greedy" and not self.greedy:
+            raise ValueError(f"--decoding {self.decoding} chooses each token greedily; sampling goes with --decoding greedy")
+        if self.decoding != "greedy" and self.docs == "none":
+            raise ValueError(f"--decoding {self.decoding} contrasts the prompt with documents against the one without;"
+                             " with --docs none both are the same prompt")
 
     def to_dict(self) -> dict[str, Any]:
+        # The weights of a rule are recorded only with that rule, so greedy rows read as they always have
+        # (and files written before CAD existed still resume).
+        weights = {"cad": {"cad_alpha": self.cad_alpha, "cad_backoff": self.cad_backoff},
+                   "adacad": {"adacad_offset": self.adacad_offset, "cad_backoff": self.cad_backoff}}.get(self.decoding, {})
         return {"docs": self.docs, "ndocs": self.ndocs, "prompt": self.prompt, "max_new_tokens": self.max_new_tokens,
-                "batch_size": self.batch_size, "decoding": "greedy" if self.greedy else "sample",
+                "batch_size": self.batch_size, "decoding": self.decoding if self.greedy else "sample", **weights,
                 "model": self.model, "adapter": self.adapter, **self.extra}
+
+    def step_rule(self) -> Any:
+        if self.decoding == "greedy":
+            return greedy_step
+        return Contrastive(alpha=self.cad_alpha if self.decoding == "cad" else None, offset=self.adacad_offset,
+                           backoff=self.cad_backoff)
 
 
 def _complete_rows(path: Path) -> list[tuple[int, str, dict]]:
     """``(lineno, line, row)`` of every whole prediction row."""
-    from .jsonl import iter_lines
+    from ..jsonl import iter_lines
 
     rows = []
     for lineno, line in iter_lines(path):  # a bad byte or a damaged stream is named FILE:LINE
@@ -111,8 +154,7 @@ def _shown(settings: dict, key: str) -> str:
     return repr(settings[key]) if key in settings else "(absent)"
 
 
-def _decode_batch(model: Any, tokenizer: Any, prompts: Sequence[Prompt], settings: GenerationSettings,
-                  stop_ids: list[int], pad_id: int) -> list[str]:
+def _left_padded(prompts: Sequence[Prompt], pad_id: int) -> tuple[Any, Any]:
     import torch
 
     width = max(len(p.input_ids) for p in prompts)
@@ -121,55 +163,28 @@ def _decode_batch(model: Any, tokenizer: Any, prompts: Sequence[Prompt], setting
     for row, p in enumerate(prompts):
         ids[row, width - len(p.input_ids):] = torch.tensor(p.input_ids)
         mask[row, width - len(p.input_ids):] = 1
+    return ids, mask
+
+
+def _decode_batch(model: Any, tokenizer: Any, branches: Sequence[Sequence[Prompt]], settings: GenerationSettings,
+                  stop_ids: list[int], pad_id: int) -> list[str]:
+    """``branches``: the batch's prompts, then (contrastive decoding) the same records' prompts without documents."""
+    import torch
+
+    batches = [_left_padded(prompts, pad_id) for prompts in branches]
     with torch.no_grad():
         if settings.greedy:
-            rows = greedy_decode(model, ids, mask, settings.max_new_tokens, stop_ids)
+            rows = decode(model, batches, settings.step_rule(), settings.max_new_tokens, stop_ids)
         else:
+            ids, mask = batches[0]
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens,
                                  do_sample=True, eos_token_id=stop_ids, pad_token_id=pad_id)
-            rows = out[:, width:].tolist()
+            rows = out[:, ids.shape[1]:].tolist()
     texts = []
     for row in rows:
         cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
         texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
     return texts
-
-
-def greedy_decode(model: Any, ids: Any, mask: Any, max_new_tokens: int, stop_ids: Sequence[int]) -> list[list[int]]:
-    """Greedy decoding of a left-padded batch that drops each row from the batch once it has stopped.
-
-    ``generate`` keeps finished rows computing until the longest one ends; on a CPU, where a decode
-    step costs more the wider the batch, one rambling answer then makes a batch slower than
-    decoding its rows one by one. Here a finished row leaves the batch and its KV cache.
-    """
-    import torch
-    from transformers import DynamicCache
-
-    stop = torch.tensor(sorted(set(stop_ids)) or [-1])
-    cache = DynamicCache()
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    # logits_to_keep=1: the full prompt's logits (rows x length x vocab floats, gigabytes for a batch
-    # of long prompts) would be computed only to be thrown away.
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                   use_cache=True, logits_to_keep=1).logits[:, -1]
-    alive = list(range(ids.shape[0]))
-    out: list[list[int]] = [[] for _ in alive]
-    for _ in range(max_new_tokens):
-        token = logits.argmax(-1)
-        for j, row in enumerate(alive):
-            out[row].append(int(token[j]))
-        finished = torch.isin(token, stop) | torch.tensor([len(out[row]) >= max_new_tokens for row in alive])
-        if bool(finished.all()):
-            break
-        if bool(finished.any()):
-            keep = (~finished).nonzero().flatten()
-            cache.batch_select_indices(keep)
-            mask, token = mask[keep], token[keep]
-            alive = [alive[j] for j in keep.tolist()]
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
-                       past_key_values=cache, use_cache=True).logits[:, -1]
-    return out
 
 
 def generate_records(records: Iterable[Record], model: Any, tokenizer: Any, options: RenderOptions,
@@ -181,7 +196,7 @@ def generate_records(records: Iterable[Record], model: Any, tokenizer: Any, opti
     rows there, batch size aside) or ``overwrite`` (replace it). Every check, and reading ``records``,
     happens before ``output`` is touched, so a refused or failed run leaves it as it was.
     """
-    from .collate import pad_id_for
+    from ..collate import pad_id_for
 
     if resume and overwrite:
         raise ValueError("give --resume or --overwrite, not both")
@@ -197,20 +212,21 @@ def generate_records(records: Iterable[Record], model: Any, tokenizer: Any, opti
     if resume:
         check_resumable(output, settings)
     done = written_ids(output) if resume else set()
-    todo: list[tuple[Record, Prompt]] = []
+    contrastive = settings.decoding != "greedy"
+    todo: list[tuple[Record, tuple[Prompt, ...]]] = []
     skipped: dict[str, int] = {}
     for i, record in enumerate(records):
         if limit is not None and i >= limit:
             break
         if record.id in done:
             continue
-        prompt = builder.build(record)
-        if isinstance(prompt, Dropped):
-            skipped[prompt.reason] = skipped.get(prompt.reason, 0) + 1
+        prompts = builder.build_pair(record) if contrastive else builder.build(record)
+        if isinstance(prompts, Dropped):
+            skipped[prompts.reason] = skipped.get(prompts.reason, 0) + 1
             continue
-        todo.append((record, prompt))
+        todo.append((record, prompts if contrastive else (prompts,)))
     # Longest first: similar lengths share a batch (little padding), and memory peaks early.
-    todo.sort(key=lambda rp: -len(rp[1].input_ids))
+    todo.sort(key=lambda rp: -len(rp[1][0].input_ids))
     if resume and output.is_file():
         # Drop a line cut by a kill, so the rows appended next start on a line of their own.
         kept = _complete_rows(output)
@@ -228,8 +244,9 @@ def generate_records(records: Iterable[Record], model: Any, tokenizer: Any, opti
     with open(output, "a", encoding="utf-8") as handle:
         for start in range(0, len(todo), settings.batch_size):
             chunk = todo[start:start + settings.batch_size]
-            texts = _decode_batch(model, tokenizer, [p for _, p in chunk], settings, stop_ids, pad_id)
-            for (record, prompt), text in zip(chunk, texts):
+            branches = [[prompts[k] for _, prompts in chunk] for k in range(len(chunk[0][1]))]
+            texts = _decode_batch(model, tokenizer, branches, settings, stop_ids, pad_id)
+            for (record, (prompt, *_)), text in zip(chunk, texts):
                 row = {"id": record.id, "prediction": text, "answers": list(record.answers or ())}
                 if record.parametric_answers is not None:
                     row["parametric_answers"] = list(record.parametric_answers)
