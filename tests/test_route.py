@@ -15,8 +15,9 @@ from cings.render import RenderOptions
 from cings.route import Endpoint, RouteRule, mean_answer_logprobs, part_path, plan_routes, route_records
 
 from .conftest import build_tiny_bpe
-from .test_generate import TINY, train_tiny_adapter
 
+TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
 OPTS = RenderOptions(system_prompt=None)
 
 
@@ -328,10 +329,18 @@ def test_route_refuses_a_missing_model_or_rule_setting_before_loading(tmp_path, 
 
 def test_eval_suite_routes_each_entry_between_an_adapter_run_and_a_model(tmp_path, model_dirs, capsys):
     from cings.cli import main
+    from cings.config import load_config
+    from cings.train import train
 
-    run = train_tiny_adapter(tmp_path)  # a cings run: --ctx-adapter alone names its base model
-    data = tmp_path / "r.jsonl"
+    data, tok_dir, run = tmp_path / "r.jsonl", tmp_path / "tok", str(tmp_path / "run")
+    write_records([r for r in mixed() if r.contexts], tmp_path / "train.jsonl")
     write_records(mixed(), data)
+    build_tiny_bpe().save_pretrained(tok_dir)
+    # a LoRA run of one step: --ctx-adapter alone names its base model
+    train(load_config(None, dict(model_config=TINY, tokenizer=str(tok_dir), data=str(tmp_path / "train.jsonl"),
+                                 output_dir=run, lora=True,
+                                 lora_target_modules=["q_proj", "v_proj"], max_steps=1, global_batch_size=2,
+                                 micro_batch_size=2, save_strategy="no", max_length=256)), progress=False)
     suite = tmp_path / "suite.yaml"
     suite.write_text(f"max_new_tokens: 2\nentries:\n  - {{name: gold, data: {data}}}\n"
                      f"  - {{name: closed, data: {data}, docs: none}}\n")

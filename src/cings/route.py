@@ -205,7 +205,7 @@ def _rows(path: Path) -> list[tuple[str, dict]]:
             if isinstance(row, dict) and "id" in row]
 
 
-def _check_routed_rows(path: Path, rows: list[tuple[str, dict]], expected: dict[str, GenerationSettings]) -> None:
+def _check_routed_rows(rows: list[tuple[str, dict]], expected: dict[str, GenerationSettings]) -> None:
     """Refuse to resume when a row was routed or generated another way, naming each differing key."""
     current = {name: json.loads(json.dumps(s.to_dict())) for name, s in expected.items()}
     for where, row in rows:
@@ -267,7 +267,7 @@ def route_records(records: Iterable[Record], ctx: Endpoint, noctx: Endpoint, set
     expected = _branch_settings(settings, ctx, noctx, rule)
     old = _rows(output) if resume else []
     if resume:
-        _check_routed_rows(output, old, expected)
+        _check_routed_rows(old, expected)
         for branch in BRANCHES:
             check_resumable(part_path(output, branch), expected[branch])
     records = list(records)[:limit]
