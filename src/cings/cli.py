@@ -192,6 +192,12 @@ def _add_eval_commands(sub) -> None:
     demo.add_argument("--vlm", action="store_true",
                       help="then the VLM study: a small CLIP tower, LLaVA models on the standard-IT and CINGS backbones,"
                            " POPE on held-out scenes (OUTPUT_DIR/vlm/report.md; docs/llava.md)")
+    demo.add_argument("--studies", action="store_true",
+                      help="after the demo, the paper's behavioural studies on its models: attention to the passage,"
+                           " knowledge under conflict, reliance per checkpoint, CAD, routing vs one model"
+                           " (OUTPUT_DIR/studies/report.md)")
+    demo.add_argument("--known-facts", "--known_facts", metavar="DIR",
+                      help="--studies: the known-facts set (conflict.jsonl, original.jsonl); default examples/known_facts")
     demo.add_argument("--vlm-finetune-steps", type=int, help="--vlm: finetune steps per backbone (default 60; --quick 2)")
     demo.add_argument("--vlm-lora-layers", type=int, help="--vlm: LoRA on the top N LM layers in finetuning (default 15)")
     demo.add_argument("--vlm-questions", choices=("pair", "all"), help="--vlm: yes/no questions per finetune dialogue"
@@ -342,6 +348,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if getattr(args, flag) is not None:
                 setattr(vcfg, name, getattr(args, flag))
         run_vlm_demo(cfg, vcfg)
+    elif args.studies:
+        from .demo_studies import StudiesConfig, run_studies
+
+        scfg = StudiesConfig.quick_preset() if args.quick else StudiesConfig()
+        if args.known_facts:
+            scfg.known_facts = args.known_facts
+        run_studies(cfg, scfg)
     else:
         run_demo(cfg)
     return 0
@@ -425,6 +438,13 @@ def _add_data_commands(sub) -> None:
     cf.add_argument("--input", required=True, help="grounded records from extractive QA (cings prepare --format squad)")
     cf.add_argument("--output", required=True)
     cf.add_argument("--seed", type=int, default=0)
+    cf.add_argument("--known-from", "--known_from", metavar="PRED.jsonl",
+                    help="closed-book predictions of the input (cings generate --docs none): rewrite only the records"
+                         " the model answers by exact match (numbers, years, yes/no and answers of 1-2 characters"
+                         " excluded), each cut to one passage holding its answer; every record needs a prediction")
+    cf.add_argument("--originals", metavar="FILE",
+                    help="with --known-from: also write the kept records before the swap (their one passage and"
+                         " original answer, same ids), to ask the same questions closed-book or with the true passage")
     cf.set_defaults(func=cmd_counterfactual)
 
 
@@ -507,12 +527,38 @@ def cmd_counterfactual(args: argparse.Namespace) -> int:
     from .summary import describe
 
     records = _read_all(args.input)
+    if args.originals and not args.known_from:
+        raise ValueError("--originals needs --known-from")
+    if args.known_from:
+        return _known_counterfactual(args, records)
     out, stats = make_counterfactual(records, seed=args.seed)
     write_records(out, args.output)
     summary = {"command": "counterfactual", "input": args.input, "seed": args.seed, "records_in": stats.records_in,
                "records_out": stats.records_out, "dropped": dict(stats.dropped), "by_type": dict(stats.by_type),
                "shape": describe(out), "extra": {"kept by answer type": ", ".join(
                    f"{k} {v}" for k, v in sorted(stats.by_type.items()))}}
+    return _finish_data(summary, args.output)
+
+
+def _known_counterfactual(args: argparse.Namespace, records: list) -> int:
+    from .known_facts import known_counterfactual
+    from .records import write_records
+    from .summary import describe
+
+    out, originals, known, stats = known_counterfactual(records, args.known_from, seed=args.seed)
+    write_records(out, args.output)
+    if args.originals:
+        write_records(originals, args.originals)
+    extra = {"known (exact match, not excluded)": str(known.known),
+             "kept by answer type": ", ".join(f"{k} {v}" for k, v in sorted(stats.by_type.items())) or "none",
+             "predictions of other ids (unused)": str(known.predictions_unused)}
+    extra.update({f"source {name}": ", ".join(f"{k} {v}" for k, v in counts.items())
+                  for name, counts in sorted(known.by_source.items())})
+    summary = {"command": "counterfactual", "input": args.input, "known_from": args.known_from,
+               "originals": args.originals, "seed": args.seed,
+               "records_in": known.records_in, "records_out": len(out),
+               "dropped": dict(known.dropped + stats.dropped), "known": known.to_dict(), "counterfactual": stats.to_dict(),
+               "shape": describe(out), "extra": extra}
     return _finish_data(summary, args.output)
 
 
@@ -768,6 +814,7 @@ def _add_analyze_commands(sub) -> None:
     cmp_.add_argument("--group", choices=GROUPS, default="context", help="which share to draw (default: context)")
     cmp_.set_defaults(func=cmd_analyze_attention_compare)
     _add_reliance_command(verbs)
+    _add_knowledge_command(verbs)
 
 
 def cmd_analyze_attention(args: argparse.Namespace) -> int:
@@ -810,6 +857,34 @@ def cmd_analyze_attention_compare(args: argparse.Namespace) -> int:
     for line in lines:
         print(line)
     print(f"cings analyze attention-compare: wrote {png}", file=sys.stderr)
+    return 0
+
+
+def _add_knowledge_command(verbs) -> None:
+    kn = verbs.add_parser("knowledge", help="closed-book accuracy and conflict context/memory rates, model by model",
+                          description="One table, a row per model (the first is the reference, e.g. the base model):"
+                                      " closed-book acc and EM, EM on the conflict set's facts without their passage"
+                                      " (known kept), and context / memory rate on a knowledge-conflict set; paired"
+                                      " differences against the first model. Reads prediction files only.")
+    kn.add_argument("--model", nargs=3, action="append", required=True, dest="models",
+                    metavar=("NAME", "CLOSED_BOOK", "CONFLICT"),
+                    help="a model's name and its predictions (cings generate) without passages (--docs none) and on"
+                         " the conflict set (with passages); repeat per model, the same ids in every file")
+    kn.add_argument("--output", required=True, help="OUT.json")
+    kn.add_argument("--markdown", help="also the table as OUT.md")
+    kn.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals (0: none)")
+    kn.add_argument("--seed", type=int, default=0)
+    kn.set_defaults(func=cmd_analyze_knowledge)
+
+
+def cmd_analyze_knowledge(args: argparse.Namespace) -> int:
+    from .analysis.knowledge import ModelPredictions, analyze_knowledge, knowledge_markdown, write_knowledge
+
+    models = [ModelPredictions(name, closed, conflict) for name, closed, conflict in args.models]
+    result = analyze_knowledge(models, bootstrap=args.bootstrap, seed=args.seed)
+    written = write_knowledge(result, args.output, args.markdown)
+    print(knowledge_markdown(result))
+    print(f"cings analyze knowledge: wrote {', '.join(map(str, written))}", file=sys.stderr)
     return 0
 
 

@@ -265,12 +265,15 @@ def _train_config(cfg: DemoConfig, mode: str, data: Path, out: Path, precision: 
                        save_total_limit=None, logging_steps=max(cfg.steps // 20, 1), group_by_length=True)
 
 
-def _train(cfg: DemoConfig, mode: str, data: Path, out: Path, precision: str, key: str) -> dict:
+def _train(cfg: DemoConfig, mode: str, data: Path, out: Path, precision: str, key: str,
+           overrides: dict | None = None) -> dict:
+    """Train (or resume) one run; ``overrides`` change recipe keys for the training-side studies
+    (benchmarks/training_studies.py), which must then be part of ``key``."""
     from . import runs
     from .train import train
 
     _fresh_unless_same(out, key)  # checkpoints of another recipe are never resumed from
-    tc = _train_config(cfg, mode, data, out, precision)
+    tc = replace(_train_config(cfg, mode, data, out, precision), **(overrides or {}))
     run = runs.load_run(out)
     tc.resume = run is not None and run.last_complete_checkpoint is not None
     if run is not None and not tc.resume:  # killed before its first checkpoint: nothing to resume
