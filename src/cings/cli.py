@@ -442,6 +442,10 @@ def _add_data_commands(sub) -> None:
                     help="closed-book predictions of the input (cings generate --docs none): rewrite only the records"
                          " the model answers by exact match (numbers, years, yes/no and answers of 1-2 characters"
                          " excluded), each cut to one passage holding its answer; every record needs a prediction")
+    cf.add_argument("--known-match", "--known_match", choices=("exact", "words"), default="exact",
+                    help="with --known-from: exact = the whole normalised prediction is a gold answer; words = a gold"
+                         " answer occurs in it as whole words and not in the question (for models that answer in"
+                         " sentences); short, numeric, year and yes/no answers never count")
     cf.add_argument("--originals", metavar="FILE",
                     help="with --known-from: also write the kept records before the swap (their one passage and"
                          " original answer, same ids), to ask the same questions closed-book or with the true passage")
@@ -545,17 +549,18 @@ def _known_counterfactual(args: argparse.Namespace, records: list) -> int:
     from .records import write_records
     from .summary import describe
 
-    out, originals, known, stats = known_counterfactual(records, args.known_from, seed=args.seed)
+    out, originals, known, stats = known_counterfactual(records, args.known_from, seed=args.seed,
+                                                        known_match=args.known_match)
     write_records(out, args.output)
     if args.originals:
         write_records(originals, args.originals)
-    extra = {"known (exact match, not excluded)": str(known.known),
+    extra = {f"known ({args.known_match} match, not excluded)": str(known.known),
              "kept by answer type": ", ".join(f"{k} {v}" for k, v in sorted(stats.by_type.items())) or "none",
              "predictions of other ids (unused)": str(known.predictions_unused)}
     extra.update({f"source {name}": ", ".join(f"{k} {v}" for k, v in counts.items())
                   for name, counts in sorted(known.by_source.items())})
     summary = {"command": "counterfactual", "input": args.input, "known_from": args.known_from,
-               "originals": args.originals, "seed": args.seed,
+               "known_match": args.known_match, "originals": args.originals, "seed": args.seed,
                "records_in": known.records_in, "records_out": len(out),
                "dropped": dict(known.dropped + stats.dropped), "known": known.to_dict(), "counterfactual": stats.to_dict(),
                "shape": describe(out), "extra": extra}

@@ -7,6 +7,10 @@ the records whose closed-book prediction (``cings generate --docs none``) is rig
 - **Known** means exact match (SQuAD normalisation) of the whole prediction with one gold answer of the
   record. Substring accuracy is not enough: "1" is in "10", "no" is in "not", and a model that rambles
   names many things; a hit by chance is no knowledge.
+- **Known, in words** (``known_match="words"``, for a model that answers in sentences): a gold answer
+  occurs in the prediction as whole words, and not in the question (so repeating the question is not
+  knowing its answer). Measured on SmolLM2-135M-Instruct, which answers "The capital of France is
+  Paris.": 0 exact matches in 112 closed-book answers, under every wording tried (docs/results.md).
 - **Excluded** even when matched, as a short answer is too easy to hit by chance: the matched answer is
   ``yes_no``, a ``year`` or a ``number`` (:func:`cings.counterfactual.answer_type`), or ``too_short``
   (one or two characters once normalised).
@@ -29,14 +33,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .counterfactual import CounterfactualStats, answer_type, make_counterfactual
+from .counterfactual import CounterfactualStats, answer_type, counterfactual_of, donor_pools
 from .evaluate import read_predictions
 from .metrics import normalize_answer
 from .records import Record, RecordError
 
-__all__ = ["KnownStats", "exclusion", "answer_passage", "select_known", "known_counterfactual", "EXCLUSIONS"]
+__all__ = ["KnownStats", "exclusion", "answer_passage", "select_known", "known_counterfactual", "EXCLUSIONS",
+           "KNOWN_MATCHES"]
 
 EXCLUSIONS = ("yes_no", "year", "number", "too_short")
+KNOWN_MATCHES = ("exact", "words")
 
 
 def exclusion(answer: str) -> str | None:
@@ -57,8 +63,9 @@ def _golds(record: Record) -> tuple[str, ...]:
 
 
 def _whole_words(answers: Sequence[str]) -> re.Pattern:
-    # As the counterfactual rewrite finds answers: whole words, any run of spaces, case-insensitive.
-    alts = [r"\s+".join(map(re.escape, a.strip().split())) for a in answers if a.strip()]
+    # As the counterfactual rewrite finds answers: edges " .,;:" stripped, whole words, any run of spaces, any case.
+    cleaned = (a.strip(" \t\n.,;:") for a in answers)
+    alts = [r"\s+".join(map(re.escape, a.split())) for a in cleaned if a]
     return re.compile(r"(?<!\w)(?:" + "|".join(alts) + r")(?!\w)", re.I)
 
 
@@ -110,13 +117,25 @@ def _index(predictions: Iterable[Mapping[str, Any]], path: str) -> dict[str, Map
     return by_id
 
 
+def _matched(record: Record, golds: Sequence[str], prediction: str, known_match: str) -> str | None:
+    """The gold answer the prediction shows knowledge of under ``known_match``, or None."""
+    if known_match == "exact":
+        norm = normalize_answer(prediction)
+        return next((g for g in golds if norm and norm == normalize_answer(g)), None)
+    question = f" {normalize_answer(record.instruction)} "
+    return next((g for g in golds if _whole_words([g]).search(prediction)
+                 and f" {normalize_answer(g)} " not in question), None)
+
+
 def select_known(records: Sequence[Record], predictions: Iterable[Mapping[str, Any]], *,
-                 path: str = "predictions") -> tuple[list[Record], KnownStats]:
+                 path: str = "predictions", known_match: str = "exact") -> tuple[list[Record], KnownStats]:
     """The records the model knows, each cut to its answer passage; see the module docstring.
 
     ``predictions`` are rows as :func:`cings.evaluate.read_predictions` returns them; ``path`` names them
     in errors.
     """
+    if known_match not in KNOWN_MATCHES:
+        raise ValueError(f"--known-match must be one of {', '.join(KNOWN_MATCHES)}, not {known_match!r}")
     by_id = _index(predictions, path)
     missing = [r.id for r in records if r.id not in by_id]
     if missing:
@@ -131,8 +150,7 @@ def select_known(records: Sequence[Record], predictions: Iterable[Mapping[str, A
             raise RecordError(f"{path}: id {record.id!r}: the prediction's answers {row['answers']} differ from the"
                               f" record's {list(golds)}: were the predictions made from another file?")
         stats.count(source, "records")
-        prediction = normalize_answer(row["prediction"])
-        matched = next((g for g in golds if prediction and prediction == normalize_answer(g)), None)
+        matched = _matched(record, golds, str(row["prediction"] or ""), known_match)
         reason = "not_known" if matched is None else exclusion(matched)
         if reason is None:
             stats.count(source, "known")
@@ -147,17 +165,32 @@ def select_known(records: Sequence[Record], predictions: Iterable[Mapping[str, A
     return kept, stats
 
 
-def known_counterfactual(records: Sequence[Record], predictions_path: str | Path, *,
-                         seed: int = 0) -> tuple[list[Record], KnownStats, CounterfactualStats]:
-    """Known records rewritten around a same-type answer of another question (:func:`make_counterfactual`).
+def known_counterfactual(records: Sequence[Record], predictions_path: str | Path, *, seed: int = 0,
+                         known_match: str = "exact") -> tuple[list[Record], list[Record], KnownStats, CounterfactualStats]:
+    """``(conflict records, the same records before the swap, counts, rewrite counts)``: known records
+    rewritten around a same-type answer of another question, as ``cings counterfactual`` rewrites every
+    record (:func:`cings.counterfactual.counterfactual_of`).
 
     Donors come from every record of the input, known or not: a small known set alone would leave
-    many answer types without a donor.
+    many answer types without a donor. The records before the swap (one passage, original answers,
+    same ids) ask the same questions closed-book or with the true passage.
     """
-    known, stats = select_known(records, read_predictions(predictions_path), path=str(predictions_path))
+    known, stats = select_known(records, read_predictions(predictions_path), path=str(predictions_path),
+                                known_match=known_match)
     kept_ids = {r.id for r in known}
-    pool = [r for r in records if r.id not in kept_ids] + known
-    out, cf_stats = make_counterfactual(pool, seed=seed, rewrite=kept_ids)
-    for record in out:
+    pools = donor_pools([r for r in records if r.id not in kept_ids] + known)
+    cf_stats = CounterfactualStats(records_in=len(known))
+    out: list[Record] = []
+    originals: list[Record] = []
+    for record in known:
+        reason, result = counterfactual_of(record, pools, seed=seed)
+        if result is None:
+            cf_stats.dropped[reason] += 1
+            stats.count(_source(record), reason)
+            continue
+        out.append(result)
+        originals.append(record)
+        cf_stats.by_type[result.meta["answer_type"]] += 1
         stats.count(_source(record), "kept")
-    return out, stats, cf_stats
+    cf_stats.records_out = len(out)
+    return out, originals, stats, cf_stats
