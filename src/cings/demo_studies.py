@@ -190,6 +190,14 @@ def run_studies(cfg: DemoConfig, scfg: StudiesConfig | None = None, log: Callabl
             lambda folder: {"closed_book": _keep(_metrics(folder / "closed-book.json"), _SCORES),
                             **{f"conflict_{lay}": _keep(_metrics(folder / f"conflict-{lay}.json"), _SCORES)
                                for lay in ("prefill", "input")}, "layout": layouts[model]})
+    table_args = ["analyze", "knowledge"]
+    for model in MODELS:
+        folder = study_dir / "knowledge" / model
+        table_args += ["--model", LABELS[model], str(folder / "closed-book.jsonl"), str(folder / "conflict-prefill.jsonl")]
+    table_out = study_dir / "knowledge" / "table"
+    run.stage("knowledge/table", [knowledge], [[*table_args, "--output", str(table_out / "knowledge.json"),
+                                                "--markdown", str(table_out / "knowledge.md")]],
+              lambda folder: {"markdown": str(folder / "knowledge.md")})
     results["knowledge"] = knowledge
 
     # 3. context reliance over training, every checkpoint

@@ -59,7 +59,8 @@ def _knowledge(results: dict) -> list[str]:
         cb = r["closed_book"]
         md.append(f"| {LABELS[model]} | {format_cell(cb, 'acc')} | {format_cell(cb, 'em')} |"
                   f" {_rates(r['conflict_prefill'])} | {_rates(r['conflict_input'])} |")
-    return md + [""]
+    return md + ["", "Paired differences between the models on the same questions: `knowledge/table/knowledge.md`"
+                 " (`cings analyze knowledge`).", ""]
 
 
 def _reliance(results: dict) -> list[str]:
