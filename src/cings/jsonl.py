@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import json
 import lzma
 import zlib
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-__all__ = ["RecordError", "COMPRESSED", "compression_of", "open_binary", "open_text", "open_for_writing", "iter_lines", "iter_jsonl",
+__all__ = ["RecordError", "file_sha256", "COMPRESSED", "compression_of", "open_binary", "open_text", "open_for_writing", "iter_lines", "iter_jsonl",
            "read_text", "json_error", "loads"]
 
 
@@ -154,3 +155,12 @@ def iter_jsonl(path: str | Path, *, bad_json: str = "raise") -> Iterator[tuple[s
                 raise
             value = err
         yield where, lineno, value
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks (data files can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

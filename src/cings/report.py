@@ -5,11 +5,11 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .metrics import metrics_table_markdown
 
-__all__ = ["load_runs", "compare_runs", "bar_chart", "check_metrics"]
+__all__ = ["load_runs", "compare_runs", "bar_chart", "check_metrics", "save_figure"]
 
 
 def load_runs(specs: Sequence[str]) -> dict[str, dict]:
@@ -80,6 +80,13 @@ def bar_chart(runs: dict[str, dict], metrics: Sequence[str], path: str | Path, t
     if title:
         ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out, write (120 dpi, parents made) and close a figure: every chart cings draws ends here."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

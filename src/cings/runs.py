@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, TrainConfig, dump_config, load_config
+from .jsonl import file_sha256
 
 __all__ = ["Run", "load_run", "checkpoints", "last_complete_checkpoint", "checkpoint_step", "data_fingerprint",
            "tokenizer_fingerprint", "tokenized_manifest", "check_tokenized", "check_resume", "open_output", "start_run", "record_written",
@@ -317,24 +318,16 @@ def write_export_record(run_dir: str | Path, export_dir: str | Path, info: dict[
 
 # ---------------------------------------------------------------- fingerprints
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def data_digest(path: str | Path) -> str:
     """sha256 of a records file, or of a ``cings tokenize`` folder's manifest and dataset state."""
     path = Path(path)
     if not path.is_dir():
-        return _sha256(path) if path.is_file() else ""
+        return file_sha256(path) if path.is_file() else ""
     digest = hashlib.sha256()
     # state.json carries the dataset's content fingerprint; hashing every arrow shard would cost minutes.
     for name in ("cings_stats.json", "state.json", "dataset_info.json"):
         if (path / name).is_file():
-            digest.update(name.encode() + b"\0" + _sha256(path / name).encode())
+            digest.update(name.encode() + b"\0" + file_sha256(path / name).encode())
     return digest.hexdigest()
 
 

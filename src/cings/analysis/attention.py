@@ -38,6 +38,7 @@ from ..masking import Kind
 from ..prompts import DOCS, select_docs
 from ..records import Record
 from ..render import Dropped, Mode, Renderer, RenderOptions
+from ..report import save_figure
 
 __all__ = ["AttentionSettings", "GROUPS", "GROUP_HELP", "LAYOUT_MODES", "QUERIES", "METHODS", "Probe", "ShareSums",
            "build_probes", "token_groups", "measure", "summarize", "measure_records", "check_output",
@@ -401,16 +402,7 @@ def plot_layers(result: dict, path: str | Path) -> Path:
     ax.set_ylim(0, 1)
     ax.set_title(f"{result.get('label') or result.get('model', '')}: {_describe(result)}", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _save(fig, plt, path)
-
-
-def _save(fig: Any, plt: Any, path: str | Path) -> Path:
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def load_attention(spec: str) -> tuple[str, dict]:
@@ -452,4 +444,4 @@ def compare_attention(specs: Sequence[str], output: str | Path, *, group: str = 
     top = max(max(r["per_layer_groups"][group]) for _, r in runs)
     ax.set_ylim(0, min(1.0, math.ceil(top * 10 + 0.5) / 10))
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _save(fig, plt, output), lines
+    return save_figure(fig, output), lines

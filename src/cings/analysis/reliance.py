@@ -24,17 +24,17 @@ settings or another input is refused unless ``overwrite``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..jsonl import iter_jsonl
+from ..jsonl import file_sha256, iter_jsonl
 from ..metrics import DEFINITIONS, score_predictions
 from ..prompts import DOCS, select_docs
 from ..records import Record, RecordError, read_records
+from ..report import save_figure
 
 __all__ = ["Point", "RelianceSettings", "points_of", "read_conflict_set", "reliance_curve", "plot_reliance",
            "RATES", "SPEED_ONLY"]
@@ -111,14 +111,6 @@ def read_conflict_set(path: str | Path, limit: int | None = None) -> list[Record
     return records
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _open(output: Path, recorded: dict[str, Any], overwrite: bool) -> None:
     """Refuse an output folder made with other settings (naming each), or clear it with ``overwrite``."""
     settings_path = output / "settings.json"
@@ -170,7 +162,7 @@ def reliance_curve(points: Sequence[Point], input_path: str | Path, output: str 
     shown = [r for r in records if select_docs(r, settings.docs, settings.ndocs) is not None]
     expected = {r.id for r in shown}
     recorded = {"run": str(Path(run).resolve()) if run else "", "input": str(input_path),
-                "input_sha256": _sha256(input_path), **asdict(settings)}
+                "input_sha256": file_sha256(input_path), **asdict(settings)}
     _open(output, recorded, overwrite)
     rows = []
     for point in points:
@@ -229,9 +221,4 @@ def plot_reliance(rows: Sequence[dict[str, Any]], path: str | Path, title: str =
     if title:
         ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
