@@ -12,7 +12,7 @@ command and the content of what it reads:
 4. **CAD**: ``cings generate --decoding cad|adacad`` for the base model and CINGS, each in its
    usual layout, on NQ with its passage (neutral regressions against its closed-book answers) and on
    the conflict set; greedy from the demo's own evaluation beside them.
-5. **routing**: NQ with a passage for a fraction F of the questions (``cings drop-contexts``),
+5. **routing**: NQ, and the known facts, with a passage for a fraction F of the questions (``cings drop-contexts``),
    answered by ``cings route`` (CINGS when there is a passage, standard IT when not) against each
    model alone; every model alone is the same command with one model on both sides.
 
@@ -246,28 +246,32 @@ def run_studies(cfg: DemoConfig, scfg: StudiesConfig | None = None, log: Callabl
                                 "conflict": _keep(_metrics(folder / "conflict.json"), _SCORES), "layout": layout})
     results["cad"] = cad
 
-    # 5. routing between CINGS and standard IT vs each model alone, at several context fractions
-    routing: dict[str, dict] = {}
+    # 5. routing between CINGS and standard IT vs each model alone, at several context fractions: on NQ
+    # (which no model knows without its passage) and on the known facts (which the base model does)
     pairs = {"router": ("context", "no_context"), "CINGS alone": ("context", "context"),
              "standard IT alone": ("no_context", "no_context"), "base alone": ("base", "base")}
-    for fraction in scfg.route_fractions:
-        tag = f"{fraction:g}"
-        per: dict[str, dict] = {}
-        for label, (ctx, noctx) in pairs.items():
-            out = study_dir / "route" / f"{tag}-{label.replace(' ', '-')}"
-            sides = [*run.side_flags("ctx", ctx, cfg), *run.side_flags("noctx", noctx, cfg)]
-            commands = [["drop-contexts", "--input", str(nq), "--output", str(out / "records.jsonl"),
-                         "--context-fraction", tag, "--seed", "0"],
-                        ["route", *sides, "--input", str(out / "records.jsonl"), "--prompt", layouts[ctx],
-                         "--output", str(out / "predictions.jsonl"), "--resume", "--max-new-tokens",
-                         str(cfg.max_new_tokens), "--batch-size", str(cfg.gen_batch_size), *common],
-                        ["evaluate", "--predictions", str(out / "predictions.jsonl"), "--output", str(out / "metrics.json")]]
-            per[label] = run.stage(f"route/{tag}-{label.replace(' ', '-')}",
-                                   [_file_sha(nq), upstream[ctx], upstream[noctx]], commands,
-                                   lambda folder: {**_keep(_metrics(folder / "metrics.json"), _SCORES),
-                                                   "routed": _routed(folder / "predictions.jsonl")})
-        routing[tag] = per
-    results["routing"] = routing
+    for key, source, prefix in (("routing", nq, ""), ("routing_known", original, "known-")):
+        routing: dict[str, dict] = {}
+        for fraction in scfg.route_fractions:
+            tag = f"{fraction:g}"
+            per: dict[str, dict] = {}
+            for label, (ctx, noctx) in pairs.items():
+                name = f"{prefix}{tag}-{label.replace(' ', '-')}"
+                out = study_dir / "route" / name
+                sides = [*run.side_flags("ctx", ctx, cfg), *run.side_flags("noctx", noctx, cfg)]
+                limit = ["--limit", n] if source == original else []
+                commands = [["drop-contexts", "--input", str(source), "--output", str(out / "records.jsonl"),
+                             "--context-fraction", tag, "--seed", "0"],
+                            ["route", *sides, "--input", str(out / "records.jsonl"), "--prompt", layouts[ctx],
+                             "--output", str(out / "predictions.jsonl"), "--resume", "--max-new-tokens",
+                             str(cfg.max_new_tokens), "--batch-size", str(cfg.gen_batch_size), *limit, *common],
+                            ["evaluate", "--predictions", str(out / "predictions.jsonl"),
+                             "--output", str(out / "metrics.json")]]
+                per[label] = run.stage(f"route/{name}", [_file_sha(source), upstream[ctx], upstream[noctx]], commands,
+                                       lambda folder: {**_keep(_metrics(folder / "metrics.json"), _SCORES),
+                                                       "routed": _routed(folder / "predictions.jsonl")})
+            routing[tag] = per
+        results[key] = routing
     results["layouts"] = layouts
 
     from .demo_studies_report import write_studies_report

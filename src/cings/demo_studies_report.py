@@ -50,7 +50,8 @@ def _rates(m: dict) -> str:
 
 def _knowledge(results: dict) -> list[str]:
     md = ["## 2. Parametric knowledge under conflict", "",
-          "Questions the base model answers right without a passage (exact match; examples/known_facts), asked"
+          "Questions the base model answers right without a passage (a gold answer in its answer as whole words, not"
+          " in the question; examples/known_facts/PROVENANCE.md), asked"
           " closed-book after training, then with a passage whose answer was swapped for another of the same type."
           " Context rate: the answer follows the passage; memory rate: it gives the original answer.", "",
           "| model | closed-book accuracy | EM | conflict, prefill: context / memory | conflict, input: context / memory |",
@@ -93,10 +94,10 @@ def _cad(results: dict, alpha: float) -> list[str]:
     return md + [""]
 
 
-def _routing(results: dict, layouts: dict) -> list[str]:
+def _routing(results: dict, layouts: dict, what: str = "NQ questions", heading: bool = True) -> list[str]:
     labels = list(next(iter(results.values())))
-    md = ["## 5. Routing between two models vs one model", "",
-          "NQ questions, a fraction F of them with their passage and the rest without (`cings drop-contexts`)."
+    md = (["## 5. Routing between two models vs one model", ""] if heading else []) + [
+          f"{what}, a fraction F of them with their passage and the rest without (`cings drop-contexts`)."
           " The router sends a question with a passage to CINGS and one without to standard IT (`cings route`);"
           " each model alone answers every question, with the passage where there is one. Each model reads the"
           " passage in the layout it did best in on held-out SQuAD (" +
@@ -136,6 +137,10 @@ def write_studies_report(cfg: Any, scfg: Any, root: Path, results: dict, command
     md += _reliance(results["reliance"])
     md += _cad(results["cad"], scfg.cad_alpha)
     md += _routing(results["routing"], results["layouts"])
+    if results.get("routing_known"):
+        md += _routing(results["routing_known"], results["layouts"], heading=False,
+                       what="The known facts (questions the base model answers without a passage, with their true"
+                            " passage)")
     md += ["## Time per stage", "", "| stage | seconds |", "|---|---:|"]
     md += [f"| {k} | {v:.0f} |" for k, v in seconds.items()]
     md += ["", "## Commands", "", "Every number above comes from these commands (run from the repository root):", "",
