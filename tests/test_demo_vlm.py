@@ -83,12 +83,12 @@ def test_quick_vlm_demo_end_to_end_killed_resumed_and_rerun_where_changed(tmp_pa
         assert (out / "vlm" / mode / "backbone" / "config.json").is_file()
         assert json.loads((out / "vlm" / mode / "finetune" / "config.json").read_text())["model_type"] == "llava"
 
-    # a longer finetune reruns the finetune and POPE stages only
+    # a longer finetune reruns the finetune, POPE and probe stages only (the probe reads the finetuned model)
     logs: list[str] = []
     cfg = DemoConfig.quick_preset(output_dir=str(out))
     vcfg = VlmDemoConfig.quick_preset()
     vcfg.finetune_steps = 3
     run_vlm_demo(cfg, vcfg, log=logs.append)
     ran = {line.split("]")[0][1:] for line in logs if line.endswith("running")}
-    assert ran == {f"vlm-{s}-{m}" for s in ("finetune", "pope") for m in ("no_context", "context")}, ran
+    assert ran == {f"vlm-{s}-{m}" for s in ("finetune", "pope", "probe") for m in ("no_context", "context")}, ran
     assert json.loads((out / "vlm" / "metrics.json").read_text())["same_schedule"]["finetune"]["steps"] == 3
