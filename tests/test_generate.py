@@ -22,8 +22,8 @@ def records(n=7):
                    response="Denver", answers=("Denver",)) for i in range(n)]
 
 
-@pytest.fixture(scope="module")
-def tiny():
+def tiny_generation_model():
+    """A seeded 2-layer Llama over the tiny BPE tokenizer (the decoding tests share it)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     tok = build_tiny_bpe()
@@ -31,6 +31,11 @@ def tiny():
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**TINY, "vocab_size": len(tok)}),
                                              attn_implementation="sdpa").eval()
     return model, tok
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_generation_model()
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ from cings.prompts import PromptBuilder
 from cings.records import RecordError, write_records
 from cings.render import RenderOptions
 
-from ..conftest import build_tiny_bpe
-from ..test_generate import TINY, predictions, records
+from ..test_generate import predictions, records, tiny_generation_model
 
 NEVER = [-5]  # a stop id no model emits: every row runs to max_new_tokens
 
@@ -30,13 +29,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    tok = build_tiny_bpe()
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**TINY, "vocab_size": len(tok)}),
-                                             attn_implementation="sdpa").eval()
-    return model, tok
+    return tiny_generation_model()
 
 
 @pytest.fixture(scope="module")
