@@ -35,8 +35,9 @@ from .config import ConfigError
 
 __all__ = ["export_run", "ExportError", "TOLERANCE", "TARGETS"]
 
-# Largest next-token logit difference accepted by verification, per dtype of the export. fp32
-# weights are written bit for bit, so only kernel order differs; bf16 rounds every weight once.
+# Largest next-token logit difference accepted by verification, per dtype of the export, against
+# the model it came from. fp32 weights are written bit for bit, so only kernel order differs; bf16
+# rounds every weight once (SmolLM2-135M: 0.45).
 TOLERANCE = {"fp32": 1e-4, "bf16": 0.5}
 VERIFY_PROMPTS = ("What is the capital of France?", "Who wrote the novel Moby-Dick?",
                   "## Context The Denver Broncos defeated the Carolina Panthers 24-10. ## Answer")
@@ -337,8 +338,11 @@ def export_run(run_dir: str | Path, output: str | Path, *, dtype: str | None = N
     if target == "llava":
         _check_llava_model(source.model.config)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    model = source.model.to(torch_dtype)
     tok = source.tokenizer
+    # The reference is the model as it came (before the cast): `.to(bf16)` would also round its rotary
+    # frequencies, which from_pretrained keeps in fp32, and make it a worse reference than the export.
+    reference = _next_token_logits(source.model.eval(), tok, VERIFY_PROMPTS) if verify else None
+    model = source.model.to(torch_dtype)
     pad = _llava_pad_token(tok) if target == "llava" else _with_pad_token(tok)
     stop = PromptBuilder(tok, source.options).stop_token_ids()
     model.generation_config = GenerationConfig(eos_token_id=stop, pad_token_id=tok.pad_token_id,
@@ -361,14 +365,14 @@ def export_run(run_dir: str | Path, output: str | Path, *, dtype: str | None = N
     if target == "llava":
         report.update({k: info[k] for k in ("for", "adjustments", "llava_transformers")})
     if verify:
-        report["verify"] = _verify(model, tok, output, dtype, torch_dtype, AutoModelForCausalLM, AutoTokenizer)
+        report["verify"] = _verify(reference, tok, output, dtype, torch_dtype, AutoModelForCausalLM, AutoTokenizer)
         log(f"verified: reloaded, next-token logits within {report['verify']['max_abs_logit_diff']:.2g} of the"
             f" {'gathered model' if source.read in ('zero', 'fsdp') else 'run'}'s on {len(VERIFY_PROMPTS)} prompts,"
             " same token ids")
     return report
 
 
-def _verify(model: Any, tok: Any, output: Path, dtype: str, torch_dtype: Any, auto_model: Any, auto_tok: Any) -> dict:
+def _verify(before: list, tok: Any, output: Path, dtype: str, torch_dtype: Any, auto_model: Any, auto_tok: Any) -> dict:
     reloaded = auto_model.from_pretrained(output, dtype=torch_dtype).eval()
     reloaded_tok = auto_tok.from_pretrained(output)
     for text in VERIFY_PROMPTS:
@@ -376,7 +380,6 @@ def _verify(model: Any, tok: Any, output: Path, dtype: str, torch_dtype: Any, au
             raise ExportError(f"{output}: the reloaded tokenizer splits {text!r} otherwise than the run's")
     if reloaded_tok.pad_token_id is None or reloaded_tok.pad_token_id != tok.pad_token_id:
         raise ExportError(f"{output}: the reloaded tokenizer's pad token is {reloaded_tok.pad_token!r}, not {tok.pad_token!r}")
-    before = _next_token_logits(model.eval(), tok, VERIFY_PROMPTS)
     after = _next_token_logits(reloaded, reloaded_tok, VERIFY_PROMPTS)
     diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
     if not diff <= TOLERANCE[dtype]:
