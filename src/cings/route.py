@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .generate import GenerationSettings, check_resumable, generate_records
+from .generate import GenerationSettings, check_resumable, generate_records, settings_differences
 from .jsonl import iter_jsonl
 from .prompts import Prompt, PromptBuilder
 from .records import Context, Record, RecordError
@@ -43,8 +43,6 @@ __all__ = ["RULES", "BRANCHES", "Endpoint", "RouteRule", "shows_documents", "bes
 
 RULES = ("has-docs", "score", "confidence")
 BRANCHES = ("ctx", "noctx")
-# As in generate: the batch size changes speed, not outputs, so a resume may change it.
-_SPEED_ONLY = frozenset({"batch_size"})
 
 
 @dataclass
@@ -214,16 +212,10 @@ def _check_routed_rows(rows: list[tuple[str, dict]], expected: dict[str, Generat
             raise RecordError(f"{where}: the row has no 'routed_to' and 'settings' of cings route, so --resume cannot"
                               " tell how it was made; write to another --output or pass --overwrite")
         now = current[branch]
-        diffs = [f"{key}: {_shown(stored, key)} in the file, {_shown(now, key)} now"
-                 for key in sorted((set(stored) | set(now)) - _SPEED_ONLY)
-                 if (key in stored, stored.get(key)) != (key in now, now.get(key))]
+        diffs = settings_differences(stored, now)
         if diffs:
             raise RecordError(f"{where}: --resume with other settings than the rows already written"
                               f" ({'; '.join(diffs)}); write to another --output or pass --overwrite")
-
-
-def _shown(settings: dict, key: str) -> str:
-    return repr(settings[key]) if key in settings else "(absent)"
 
 
 def _generate(branch: str, records: list[Record], endpoint: Endpoint, settings: GenerationSettings, output: Path,

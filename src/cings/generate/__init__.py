@@ -5,7 +5,7 @@
 """
 
 from .decoding import DECODINGS, Contrastive, adacad_alpha, decode, greedy_decode, jsd
-from .engine import GenerationSettings, check_resumable, generate_records, written_ids
+from .engine import GenerationSettings, check_resumable, generate_records, settings_differences, written_ids
 
-__all__ = ["DECODINGS", "Contrastive", "GenerationSettings", "adacad_alpha", "check_resumable", "decode",
+__all__ = ["DECODINGS", "Contrastive", "GenerationSettings", "adacad_alpha", "check_resumable", "decode", "settings_differences",
            "generate_records", "greedy_decode", "jsd", "written_ids"]

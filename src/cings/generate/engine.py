@@ -25,7 +25,7 @@ from ..records import Record, RecordError
 from ..render import Dropped, RenderOptions
 from .decoding import DECODINGS, Contrastive, decode, greedy_step
 
-__all__ = ["GenerationSettings", "generate_records", "written_ids", "check_resumable"]
+__all__ = ["GenerationSettings", "generate_records", "written_ids", "check_resumable", "settings_differences"]
 
 # Settings that change speed, not outputs: a resume may change them.
 SPEED_ONLY = frozenset({"batch_size"})
@@ -142,12 +142,18 @@ def check_resumable(path: str | Path, settings: GenerationSettings) -> None:
         if not isinstance(stored, dict):
             raise RecordError(f"{path}:{lineno}: the row has no 'settings', so --resume cannot tell whether it was"
                               " generated the same way; write to another --output or pass --overwrite")
-        diffs = [f"{key}: {_shown(stored, key)} in the file, {_shown(current, key)} now"
-                 for key in sorted((set(stored) | set(current)) - SPEED_ONLY)
-                 if (key in stored, stored.get(key)) != (key in current, current.get(key))]
+        diffs = settings_differences(stored, current)
         if diffs:
             raise RecordError(f"{path}:{lineno}: --resume with other settings than the rows already written"
                               f" ({'; '.join(diffs)}); write to another --output or pass --overwrite")
+
+
+def settings_differences(stored: dict, current: dict) -> list[str]:
+    """``key: A in the file, B now`` for each setting that differs (an absent key differs from any value),
+    speed-only settings aside: what a resume refuses, named."""
+    return [f"{key}: {_shown(stored, key)} in the file, {_shown(current, key)} now"
+            for key in sorted((set(stored) | set(current)) - SPEED_ONLY)
+            if (key in stored, stored.get(key)) != (key in current, current.get(key))]
 
 
 def _shown(settings: dict, key: str) -> str:
