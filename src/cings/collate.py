@@ -108,8 +108,19 @@ class PackingCollator:
     """Padding-free packing: a micro batch becomes one row, position ids restart per sequence.
 
     transformers' ``DataCollatorWithFlattening`` does the flattening; its separator label (IGNORE_INDEX) at
-    each sequence start keeps a sequence from being predicted from the one before it. Our labels
-    are already IGNORE_INDEX there (the prompt), so no trained token is lost.
+    each sequence start keeps a sequence from being predicted from the one before it. That label is the
+    target of no position even when an example runs alone (a target is predicted from the token before
+    it), so no trained token is lost: the packed row has exactly the trained targets
+    (``labels[:, 1:] != IGNORE_INDEX``) of its examples run one by one.
+
+    Examples are never cut: each micro batch's examples go whole, in order, into its one row (its length
+    is their sum; an example longer than max_length was truncated when it was rendered, never split
+    here), so no chunk of an example can lose its first trained token or be left all masked.
+
+    The row has no attention mask, on purpose: in transformers (5.23) SDPA and eager attention keep
+    packed sequences apart (a block-diagonal causal mask built from the restarting position ids) only
+    when there is no attention mask and no KV cache. Every forward over such a row must pass
+    ``use_cache=False`` (CingsTrainer.compute_loss does); tests/test_packing.py proves both.
     """
 
     def __init__(self) -> None:

@@ -11,18 +11,56 @@ from transformers import Trainer, TrainerCallback
 
 from .masking import IGNORE_INDEX
 
-__all__ = ["CingsTrainer", "LossLogCallback", "OrderRecorder", "ReleaseMemoryCallback", "RunFilesCallback", "release_memory"]
+__all__ = ["CingsTrainer", "LossLogCallback", "OrderRecorder", "ReleaseMemoryCallback", "RunFilesCallback", "batch_fill",
+           "release_memory"]
+
+
+def batch_fill(batch: dict[str, Any]) -> tuple[int, int]:
+    """``(non-pad tokens, token slots)`` of one collated batch: slots are rows x padded length, what the
+    model computes; non-pad tokens are those its attention mask keeps. A packed batch has no attention
+    mask (packing needs none, see collate.PackingCollator): every slot is a real token."""
+    ids = batch["input_ids"]
+    mask = batch.get("attention_mask")
+    slots = int(ids.numel())
+    return (int(mask.sum()) if mask is not None else slots), slots
 
 
 class CingsTrainer(Trainer):
-    """``Trainer`` with the paper's schedule: the learning rate x ``epoch_lr_decay`` after every epoch."""
+    """``Trainer`` with the paper's schedule (the learning rate x ``epoch_lr_decay`` after every epoch),
+    the loss over trained positions only, and the batch fill logged.
+
+    Every logged training loss comes with ``nonpad_fraction``: the non-pad tokens fed over the token
+    slots computed (:func:`batch_fill`), summed over every micro batch of the optimizer steps since the
+    last log (one step with ``logging_steps: 1``) and over every process. Packed batches give 1.0.
+    """
 
     def __init__(self, *args: Any, epoch_lr_decay: float = 1.0, steps_per_epoch: int = 1,
                  trained_logits_only: bool = False, **kwargs: Any):
         self.epoch_lr_decay = epoch_lr_decay
         self.steps_per_epoch = max(steps_per_epoch, 1)
         self.trained_logits_only = trained_logits_only
+        self._fill = [0, 0]  # non-pad tokens, token slots since the last log
         super().__init__(*args, **kwargs)
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any):
+        """The micro batches of one optimizer step, as ``Trainer`` fetches them; their fill is counted."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        fills = [batch_fill(b) for b in batch_samples if "input_ids" in b]
+        nonpad, slots = sum(f[0] for f in fills), sum(f[1] for f in fills)
+        if self.args.world_size > 1:  # every process computes its own batches; the log is the whole step's
+            import torch
+
+            nonpad, slots = (int(x) for x in self.accelerator.gather(
+                torch.tensor([[nonpad, slots]], device=device)).sum(0))
+        self._fill[0] += nonpad
+        self._fill[1] += slots
+        return batch_samples, num_items_in_batch
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._fill[1]:  # a training log (evaluation logs eval_loss)
+            logs["nonpad_fraction"] = round(self._fill[0] / self._fill[1], 6)
+            self._fill = [0, 0]
+        super().log(logs, start_time)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None):
@@ -51,20 +89,25 @@ class CingsTrainer(Trainer):
         plain = weights is None and (not self.trained_logits_only or labels is None or return_outputs
                                      or self.label_smoother is not None or self.compute_loss_func is not None
                                      or sequence_parallel)
+        # No cache, ever: with one (use_cache defaults to True in a model's config), transformers creates
+        # an empty cache, stops detecting packed rows by their position ids, and the packed sequences
+        # attend to each other (design-facts §1; tests/test_packing.py). Trainer turns the config's
+        # use_cache off, but a model handed in or changed later must not undo that.
+        inputs = {**inputs, "use_cache": False}
         if plain:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         import torch
         import torch.nn.functional as F
 
         target = labels[:, 1:]
-        forward = {k: v for k, v in inputs.items() if k not in ("labels", "loss_weights")}
+        forward = {k: v for k, v in inputs.items() if k not in ("labels", "loss_weights", "use_cache")}
         if self.trained_logits_only and not return_outputs:
             keep = (target != IGNORE_INDEX).any(0).nonzero().flatten()
-            outputs = model(**forward, logits_to_keep=keep)
+            outputs = model(**forward, logits_to_keep=keep, use_cache=False)
             logits = outputs.logits.float()
         else:  # all logits (an evaluation step returns them); the last position predicts nothing
             keep = slice(None)
-            outputs = model(**forward)
+            outputs = model(**forward, use_cache=False)
             logits = outputs.logits[:, :-1].float()
         target = target[:, keep].to(logits.device)
         flat = (logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
