@@ -118,3 +118,12 @@ def test_quick_studies_end_to_end(tmp_path):
     assert (out / "studies" / "report.md").is_file() and (out / "studies" / "attention-prefill.png").is_file()
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0 and "$ cings" not in again.stderr  # every stage kept
+
+
+def test_conflict_records_below_zero_is_refused_before_anything_runs(tmp_path, capsys):
+    from cings.cli import main
+
+    code = main(["demo", "--studies", "--conflict-records", "-1", "--output-dir", str(tmp_path / "demo")])
+    err = capsys.readouterr().err
+    assert code != 0 and "--conflict-records must be 0 (all) or more, not -1" in err
+    assert not (tmp_path / "demo").exists()

@@ -47,7 +47,8 @@ class StudiesConfig:
     """The studies' sizes; every stage is keyed by them."""
 
     attention_records: int = _f(30, "held-out SQuAD records per attention measurement")
-    conflict_records: int = _f(100, "known-facts records for the knowledge, reliance and CAD studies")
+    conflict_records: int = _f(100, "known-facts records (the file's first N; it is shuffled) for the knowledge,"
+                               " reliance, CAD and routing studies; 0 = all")
     route_fractions: tuple[float, ...] = _f((0.25, 0.5, 0.75), "shares of NQ questions that keep their passage")
     cad_alpha: float = _f(1.0, "CAD's alpha")
     known_facts: str = _f("", "the known-facts conflict set; '' = examples/known_facts of this checkout")
@@ -172,8 +173,8 @@ def run_studies(cfg: DemoConfig, scfg: StudiesConfig | None = None, log: Callabl
     results["attention"] = attention
 
     # 2. parametric knowledge: closed-book on known questions, and the conflict
-    n = str(scfg.conflict_records)
-    gen = ["--max-new-tokens", str(cfg.max_new_tokens), "--batch-size", str(cfg.gen_batch_size), "--limit", n, *common]
+    limit = ["--limit", str(scfg.conflict_records)] if scfg.conflict_records else []
+    gen = ["--max-new-tokens", str(cfg.max_new_tokens), "--batch-size", str(cfg.gen_batch_size), *limit, *common]
     knowledge: dict[str, dict] = {}
     for model in MODELS:
         out = study_dir / "knowledge" / model
@@ -207,7 +208,7 @@ def run_studies(cfg: DemoConfig, scfg: StudiesConfig | None = None, log: Callabl
         reliance[model] = run.stage(
             f"reliance/{model}", [_file_sha(conflict), upstream[model]],
             [["analyze", "reliance", "--run", str(root / "models" / model), "--input", str(conflict),
-              "--limit", n, "--max-new-tokens", str(cfg.max_new_tokens), "--batch-size", str(cfg.gen_batch_size),
+              *limit, "--max-new-tokens", str(cfg.max_new_tokens), "--batch-size", str(cfg.gen_batch_size),
               "--dtype", precision, "--output", str(out), "--no-progress"]],
             lambda folder: {"rows": [_keep(r, ("step", "label", "n", "context_rate", "context_rate_ci", "memory_rate",
                                                "memory_rate_ci", "other_rate"))
@@ -259,12 +260,12 @@ def run_studies(cfg: DemoConfig, scfg: StudiesConfig | None = None, log: Callabl
                 name = f"{prefix}{tag}-{label.replace(' ', '-')}"
                 out = study_dir / "route" / name
                 sides = [*run.side_flags("ctx", ctx, cfg), *run.side_flags("noctx", noctx, cfg)]
-                limit = ["--limit", n] if source == original else []
+                subset = limit if source == original else []
                 commands = [["drop-contexts", "--input", str(source), "--output", str(out / "records.jsonl"),
                              "--context-fraction", tag, "--seed", "0"],
                             ["route", *sides, "--input", str(out / "records.jsonl"), "--prompt", layouts[ctx],
                              "--output", str(out / "predictions.jsonl"), "--resume", "--max-new-tokens",
-                             str(cfg.max_new_tokens), "--batch-size", str(cfg.gen_batch_size), *limit, *common],
+                             str(cfg.max_new_tokens), "--batch-size", str(cfg.gen_batch_size), *subset, *common],
                             ["evaluate", "--predictions", str(out / "predictions.jsonl"),
                              "--output", str(out / "metrics.json")]]
                 per[label] = run.stage(f"route/{name}", [_file_sha(source), upstream[ctx], upstream[noctx]], commands,
