@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import save_result  # noqa: E402
 
-from cings.demo import EVAL_SETS, DemoConfig, Stages, _evaluate, _file_sha, _key, _train, _train_config  # noqa: E402
+from cings.demo import EVAL_SETS, DemoConfig, Stages, _evaluate, _file_sha, _key, _recipe_key, _train, _train_config  # noqa: E402
 from cings.metrics import accuracy, paired_difference  # noqa: E402
 from cings.records import read_records, write_records  # noqa: E402
 
@@ -119,7 +119,7 @@ def main() -> int:
             built = stages.run(f"{name}-data", _key(_file_sha(train_file), name), build)["result"]
             log(f"{name}: data {built}")
         tc = replace(_train_config(cfg, "context", data, folder / "model", precision), **spec["train"])
-        key = _key(_file_sha(data), asdict(tc))
+        key = _key(_file_sha(data), _recipe_key(tc))
         trained = stages.run(f"{name}-train", key, lambda d=data, k=key, o=spec["train"]: _train(
             cfg, "context", d, folder / "model", precision, k, overrides=o))
         loaded = None

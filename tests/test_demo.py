@@ -180,3 +180,21 @@ def test_quick_demo_end_to_end_killed_and_resumed(tmp_path):
                          env=env, capture_output=True, text=True, timeout=1200)
     assert gen.returncode == 0, gen.stderr[-3000:]
     assert len(pred.read_text().splitlines()) == 2
+
+
+def test_the_training_key_ignores_speed_options_and_nothing_else(tmp_path):
+    """A cings that gains a speed option must not retrain a user's demo; a change to what is learned must."""
+    from dataclasses import replace
+
+    from cings.demo import DemoConfig, _key, _recipe_key, _train_config
+    from cings.runs import SPEED_ONLY
+
+    base = _train_config(DemoConfig(), "context", tmp_path / "train.jsonl", tmp_path / "out", "fp32")
+    key = _key("data", _recipe_key(base))
+    for option, value in (("torch_compile", True), ("fused_optimizer", True), ("liger_kernel", True),
+                          ("attn_implementation", "eager"), ("gradient_checkpointing", True)):
+        assert option in SPEED_ONLY
+        assert _key("data", _recipe_key(replace(base, **{option: value}))) == key, option
+    for option, value in (("learning_rate", base.learning_rate * 2), ("mode", "no_mask"), ("seed", base.seed + 1),
+                          ("context_loss_weight", 0.5)):
+        assert _key("data", _recipe_key(replace(base, **{option: value}))) != key, option

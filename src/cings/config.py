@@ -72,13 +72,25 @@ class TrainConfig:
     global_batch_size: int = _f(128, "sequences per optimizer step over all devices")
     micro_batch_size: int = _f(4, "sequences per device per forward pass; accumulation = global / (micro x devices)")
     precision: str = _f("auto", "auto (bf16 on a GPU that has it, fp32 on CPU) | bf16 (also on CPU: fast with AVX-512 BF16 or AMX) | fp16 | fp32")
-    gradient_checkpointing: bool = _f(False, "recompute activations to save memory")
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass: less memory, about a third more"
+                                      " compute (configs/accelerate/fsdp.yaml has FSDP's own, preferred under FSDP)")
     trained_logits_only: bool = _f(True, "compute the output layer and loss only where a token is trained: the same loss,"
                                    " less time and memory (most CINGS positions are masked)")
     group_by_length: bool = _f(False, "batch records of similar length (less padding); lengths are the records'"
                                " characters, so every mode trains on the same order")
     packing: bool = _f(False, "padding-free packing: flatten each micro batch into one row with per-sequence position ids")
-    attn_implementation: str | None = _f("sdpa", "attention kernel (sdpa, eager, flash_attention_2, ...)")
+    # speed options (cings.speed_options): the same training, faster where the machine has them; an
+    # unavailable one falls back with one printed line, and the run records what was used
+    attn_implementation: str | None = _f("sdpa", "attention kernel: sdpa | eager | flash_attention_2 | flash_attention_3"
+                                         " | flash_attention_4 (CUDA GPU with the flash-attn package, bf16/fp16) |"
+                                         " flex_attention (CUDA GPU); unavailable -> sdpa")
+    liger_kernel: bool = _f(False, "Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, fused cross-entropy): CUDA GPU with"
+                            " liger-kernel installed; unavailable -> off")
+    torch_compile: bool = _f(False, "torch.compile the model (inductor): Triton on a GPU, a C++ compiler on CPU;"
+                             " unavailable -> off")
+    fused_optimizer: bool = _f(False, "fused AdamW (optim adamw_torch_fused): the same update in one kernel, CPU and GPU")
+    strict_speed_options: bool = _f(False, "refuse to start when a speed option is unavailable here, instead of"
+                                    " falling back with a message")
     # bookkeeping
     logging_steps: int = _f(10, "log the loss every N steps (loss_log.jsonl, and report_to)")
     save_strategy: str = _f("epoch", "checkpoint every epoch, every save_steps (steps), or never (no)")
@@ -109,6 +121,11 @@ class TrainConfig:
                 raise ConfigError(str(err)) from None
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise ConfigError(f"precision must be auto, bf16, fp16 or fp32, not {self.precision!r}")
+        from .speed_options import ATTENTION_CHOICES
+
+        if self.attn_implementation is not None and self.attn_implementation not in ATTENTION_CHOICES:
+            raise ConfigError(f"attn_implementation must be one of {', '.join(ATTENTION_CHOICES)},"
+                              f" not {self.attn_implementation!r}{_did_you_mean_of(self.attn_implementation, ATTENTION_CHOICES)}")
         if self.save_strategy not in ("epoch", "steps", "no"):
             raise ConfigError(f"save_strategy must be epoch, steps or no, not {self.save_strategy!r}")
         for name in ("global_batch_size", "micro_batch_size", "max_length", "num_epochs"):
@@ -155,8 +172,11 @@ SEED_LAUNCH_FLAGS = ("enable_fsdp", "low_cpu_fsdp")
 
 
 def _did_you_mean(key: str) -> str:
-    names = list(FIELDS) + list(SEED_ALIASES)
-    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    return _did_you_mean_of(key, list(FIELDS) + list(SEED_ALIASES))
+
+
+def _did_you_mean_of(value: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

@@ -286,6 +286,12 @@ def _train(cfg: DemoConfig, mode: str, data: Path, out: Path, precision: str, ke
             "resumed": tc.resume, "dropped": info["train"].get("dropped", {}), "train_stats": info["train"]}
 
 
+def _recipe_key(tc: Any) -> dict[str, Any]:
+    from .runs import SPEED_ONLY
+
+    return {k: v for k, v in asdict(tc).items() if k not in SPEED_ONLY}
+
+
 def _fresh_unless_same(folder: Path, key: str) -> None:
     """Keep a killed stage's partial work (checkpoints, predictions) only if the same settings made it."""
     import shutil
@@ -359,8 +365,8 @@ def train_modes(cfg: DemoConfig, log: Callable[[str], None]) -> TextRuns:
 
     trained: dict[str, dict] = {}
     for mode in cfg.modes:
-        # The whole training recipe is the key: any change to it retrains.
-        recipe = asdict(_train_config(cfg, mode, root / "data" / "train.jsonl", root / "models" / mode, precision))
+        # The training recipe is the key: any change to what it learns retrains (speed options do not).
+        recipe = _recipe_key(_train_config(cfg, mode, root / "data" / "train.jsonl", root / "models" / mode, precision))
         key = _key(_file_sha(root / "data" / "train.jsonl"), recipe)
         _release()
         trained[mode] = stages.run(f"train-{mode}", key,

@@ -29,7 +29,7 @@ from .jsonl import file_sha256
 
 __all__ = ["Run", "load_run", "checkpoints", "last_complete_checkpoint", "checkpoint_step", "data_fingerprint",
            "tokenizer_fingerprint", "tokenized_manifest", "check_tokenized", "check_resume", "open_output", "start_run", "record_written",
-           "finish_run", "remove_run", "truncate_loss_log", "RESUMABLE", "CONFIG_FILE", "DATA_FILE", "FILES_FILE",
+           "finish_run", "remove_run", "truncate_loss_log", "RESUMABLE", "SPEED_ONLY", "CONFIG_FILE", "DATA_FILE", "FILES_FILE",
            "LOSS_LOG", "DATA_ORDER", "load_for_generation", "write_export_record", "EXPORT_RECIPE", "EXPORT_FILE",
            "has_weights", "shard_kind", "checkpoint_complete", "run_and_weights", "load_run_base", "weights_by_step"]
 
@@ -72,7 +72,16 @@ RESUMABLE = {
     "gradient_checkpointing": "recomputes the same activations",
     "trained_logits_only": "the same loss and gradient (equal to rounding, tests/test_train.py)",
     "attn_implementation": "the same attention, another kernel (equal to rounding)",
+    "liger_kernel": "the same layers and loss in Triton kernels (equal to rounding)",
+    "torch_compile": "the same model, compiled",
+    "fused_optimizer": "the same AdamW update and optimizer state, in one kernel",
+    "strict_speed_options": "whether an unavailable speed option stops the run",
 }
+
+# The settings that change how fast a run goes, never what it learns: a stage keyed by a recipe
+# (cings demo) leaves them out, so a cings that gains such an option does not retrain old runs.
+SPEED_ONLY = ("gradient_checkpointing", "trained_logits_only", "attn_implementation", "liger_kernel", "torch_compile",
+              "fused_optimizer", "strict_speed_options")
 
 
 @dataclass

@@ -165,6 +165,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
     from . import runs
     from .collate import make_collator, pad_id_for
     from .render import Renderer
+    from .speed_options import resolve_speed_options
     from .trainer import CingsTrainer, LossLogCallback, OrderRecorder, ReleaseMemoryCallback, RunFilesCallback
 
     cfg.validate()
@@ -172,10 +173,14 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
     accumulation = cfg.accumulation(world)
     tokenizer = load_tokenizer_for(cfg)
     precision, dtype = precision_for(cfg)
+    speed = resolve_speed_options(cfg, precision.name)
+    cfg = speed.apply(cfg)  # the recipe as it runs here: what the run folder records and the model loads with
     if _is_main():
         print(f"cings train: precision {precision.describe()}", file=sys.stderr)
         if precision.warning:
             print(f"cings train: warning: {precision.warning}", file=sys.stderr)
+        for choice in speed.fallbacks():
+            print(f"cings train: {choice.line()}", file=sys.stderr)
     renderer = Renderer(tokenizer, render_options_for(cfg))
     fingerprint = runs.data_fingerprint(cfg, renderer, world)
     # Before the data is tokenized: a folder that cannot be trained into is refused at once.
@@ -194,14 +199,15 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
         per_device_eval_batch_size=cfg.micro_batch_size, gradient_accumulation_steps=accumulation,
         learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm or 0.0,
-        lr_scheduler_type="constant", optim="adamw_torch", seed=cfg.seed, data_seed=cfg.seed,
+        lr_scheduler_type="constant", seed=cfg.seed, data_seed=cfg.seed,
         bf16=precision.name == "bf16", fp16=precision.name == "fp16", use_cpu=not torch.cuda.is_available(),
-        activation_checkpointing=cfg.gradient_checkpointing, logging_steps=cfg.logging_steps,
+        logging_steps=cfg.logging_steps,
         save_strategy=cfg.save_strategy, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         eval_strategy="epoch" if eval_set is not None else "no", report_to=list(cfg.report_to) or "none",
         remove_unused_columns=False, dataloader_num_workers=cfg.dataloader_num_workers,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", length_column_name="chars",
         disable_tqdm=not progress, ddp_find_unused_parameters=False,
+        **speed.training_arguments(),  # optimizer, compile, Liger, activation checkpointing
     )
     # After the arguments: under DeepSpeed ZeRO-3 they switch on zero.Init, so each process loads
     # only its shard of the weights instead of the whole model.
@@ -228,7 +234,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
     info = {"train": stats.to_dict(), "chat_template_source": renderer.template_source,
             "render_options": renderer.options.to_dict(), "world_size": world,
             "gradient_accumulation_steps": accumulation, "steps_per_epoch": steps_per_epoch, "fingerprint": fingerprint,
-            "precision": {"name": precision.name, "reason": precision.reason}}
+            "precision": {"name": precision.name, "reason": precision.reason}, "speed_options": speed.to_dict()}
     if _is_main():
         runs.start_run(output_dir, cfg, info)
         if resume is not None:
