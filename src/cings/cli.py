@@ -97,11 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
 # The GenerationSettings fields that are `cings generate` flags (model and adapter have their own).
 _GENERATE_FLAGS = ("docs", "ndocs", "prompt", "max_new_tokens", "batch_size", "decoding", "cad_alpha", "adacad_offset",
                    "cad_backoff")
+# `cings generate` only: route loads its two models with transformers and scores with them.
+_ENGINE_FLAGS = ("engine", "prefix_cache")
 
 
 def _add_eval_commands(sub) -> None:
     from .config import add_dataclass_arguments
-    from .generate import DECODINGS, GenerationSettings
+    from .generate import DECODINGS, ENGINES, GenerationSettings
     from .prompts import DOCS, LAYOUTS
 
     gen = sub.add_parser("generate", help="answer grounded records with a model (+ LoRA adapter): one prediction a line",
@@ -115,12 +117,16 @@ def _add_eval_commands(sub) -> None:
                             custom={"docs": {"choices": DOCS}, "prompt": {"choices": LAYOUTS}, "ndocs": {"metavar": "K"},
                                     "decoding": {"choices": DECODINGS}, "cad_alpha": {"metavar": "A"},
                                     "cad_backoff": {"metavar": "TAU"}})
+    add_dataclass_arguments(gen, GenerationSettings, only=_ENGINE_FLAGS, custom={"engine": {"choices": ENGINES}})
+    gen.add_argument("--no-prefix-cache", "--no_prefix_cache", dest="prefix_cache", action="store_const", const=False,
+                     help="prefill every prompt whole (the same as --prefix-cache false)")
     gen.add_argument("--output", required=True,
                      help="predictions, JSON Lines; an existing file needs --resume or --overwrite")
     gen.add_argument("--limit", type=int, help="only the first N records")
     gen.add_argument("--resume", action="store_true",
                      help="skip ids already in --output; refused when its rows were made with other settings"
-                          " (docs, ndocs, prompt, max-new-tokens, model, adapter, ...; batch size may differ)")
+                          " (docs, ndocs, prompt, max-new-tokens, engine, model, adapter, ...; batch size and prefix"
+                          " cache may differ)")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     gen.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="fp32",
                      help="weights' precision; auto = bf16 on a GPU or CPU with fast bf16 (AVX-512 BF16, AMX), else fp32")
@@ -198,6 +204,9 @@ def _add_eval_commands(sub) -> None:
                            " (OUTPUT_DIR/studies/report.md)")
     demo.add_argument("--known-facts", "--known_facts", metavar="DIR",
                       help="--studies: the known-facts set (conflict.jsonl, original.jsonl); default examples/known_facts")
+    demo.add_argument("--conflict-records", "--conflict_records", type=int, metavar="N",
+                      help="--studies: known-facts records for the knowledge, reliance, CAD and routing studies"
+                           " (default 100, which keeps the studies inside 40 minutes on a 2-core CPU; 0 = all)")
     demo.add_argument("--vlm-finetune-steps", type=int, help="--vlm: finetune steps per backbone (default 60; --quick 2)")
     demo.add_argument("--vlm-lora-layers", type=int, help="--vlm: LoRA on the top N LM layers in finetuning (default 15)")
     demo.add_argument("--vlm-questions", choices=("pair", "all"), help="--vlm: yes/no questions per finetune dialogue"
@@ -245,18 +254,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .runs import load_for_generation
 
     # Settings and paths first: a bad value is refused before a model is loaded or --output touched.
-    given = {k: getattr(args, k) for k in _GENERATE_FLAGS}
+    given = {k: getattr(args, k) for k in _GENERATE_FLAGS + _ENGINE_FLAGS}
+    if given["engine"] == "vllm" and given["batch_size"] is None:
+        from .generate.vllm_engine import DEFAULT_BATCH
+
+        given["batch_size"] = DEFAULT_BATCH  # vLLM batches a call's requests itself: give it many
     settings = GenerationSettings(**{k: v for k, v in given.items() if v is not None}, model=args.model, adapter=args.adapter)
     _check_local("--model", args.model)
     # Without --model the base model is read from the adapter's folder, so it must be here.
     _check_local("--adapter", args.adapter, must_exist=args.model is None)
+    if settings.engine == "vllm":
+        from .generate.vllm_engine import check_available
+
+        check_available()  # an explicit choice: refused where it cannot run, never replaced by the default engine
     precision = resolve_precision(args.dtype, allowed=("auto", "bf16", "fp32"))
     print(f"cings generate: precision {precision.describe()}", file=sys.stderr)
     if precision.warning:
         print(f"cings generate: warning: {precision.warning}", file=sys.stderr)
     dtype = precision.dtype
-    model, tok, options, spec = load_for_generation(args.model, adapter=args.adapter, gguf_file=args.gguf_file,
-                                                    tokenizer=args.tokenizer, dtype=dtype, merge=not args.no_merge)
+    if settings.engine == "vllm":
+        model, tok, options, spec = _load_for_vllm(args, dtype, settings.prefix_cache)
+    else:
+        model, tok, options, spec = load_for_generation(args.model, adapter=args.adapter, gguf_file=args.gguf_file,
+                                                        tokenizer=args.tokenizer, dtype=dtype, merge=not args.no_merge)
     extra = {"dtype": str(dtype).removeprefix("torch.")}
     if args.adapter:
         extra["adapter_merged"] = not args.no_merge
@@ -268,6 +288,33 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"cings generate: {report['generated']} generated, {report['already_done']} already written,"
           f" skipped {skipped}; {report['seconds']}s; wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def _load_for_vllm(args: argparse.Namespace, dtype, prefix_cache: bool):
+    """``(vLLM engine, tokenizer, render options, model spec)``: the tokenizer and render options that
+    ``load_for_generation`` would find for ``--model`` (a run's recipe, when it is one), the weights left to vLLM."""
+    from pathlib import Path
+
+    from .generate.vllm_engine import VllmEngine
+    from .loading import load_tokenizer, resolve_model
+    from .render import RenderOptions
+    from .runs import run_and_weights
+
+    if args.model is None:
+        raise ValueError("--engine vllm needs --model: a model folder (an exported run), hub id or .gguf file")
+    found = run_and_weights(args.model) if Path(args.model).is_dir() else None
+    if found and (found[1] / "adapter_config.json").is_file():
+        raise ValueError(f"--model {args.model}: a LoRA run; --engine vllm reads merged weights: `cings export"
+                         f" {args.model} --output DIR`, then --model DIR")
+    recipe = found[0].config if found else None
+    folder, gguf = resolve_model(args.model, args.gguf_file)
+    weights = str(Path(folder) / gguf) if gguf else folder
+    own = folder if not gguf and (Path(folder) / "tokenizer_config.json").is_file() else None
+    tok = load_tokenizer(args.tokenizer or own or (recipe.tokenizer if recipe is not None and recipe.tokenizer else None)
+                         or weights)
+    options = recipe.render_options() if recipe is not None else RenderOptions()
+    engine = VllmEngine(weights, dtype=str(dtype).removeprefix("torch."), prefix_cache=prefix_cache)
+    return engine, tok, options, args.model
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -354,6 +401,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         scfg = StudiesConfig.quick_preset() if args.quick else StudiesConfig()
         if args.known_facts:
             scfg.known_facts = args.known_facts
+        if args.conflict_records is not None:
+            if args.conflict_records < 0:
+                raise ValueError(f"--conflict-records must be 0 (all) or more, not {args.conflict_records}")
+            scfg.conflict_records = args.conflict_records
         run_studies(cfg, scfg)
     else:
         run_demo(cfg)

@@ -89,10 +89,10 @@ def _load(path: Path, scratch: Path) -> _Source:
             raise ExportError(f"{folder}: a LoRA run folder without its adapter weights (adapter_model.safetensors)"
                               + (f"; its {shards.upper() if shards == 'fsdp' else 'ZeRO'} shards hold only the adapter's"
                                  " trainable parameters, and exporting from them is not supported" if shards else ""))
-        model, tok, options, _ = runs.load_for_generation(None, adapter=str(folder), merge=True)
+        model, tok, options, _ = runs.load_for_generation(None, adapter=str(folder), merge=True, device="cpu")
         return _Source(model, tok, options, "lora-merged", run, folder, "adapter")
     if weights:
-        model, tok, options, _ = runs.load_for_generation(str(folder))
+        model, tok, options, _ = runs.load_for_generation(str(folder), device="cpu")
         return _Source(model, tok, options, "full", run, folder, "model")
     if shards:
         model, tok, note = _gather(run, folder, shards, scratch)

@@ -31,7 +31,7 @@ __all__ = ["Run", "load_run", "checkpoints", "last_complete_checkpoint", "checkp
            "tokenizer_fingerprint", "tokenized_manifest", "check_tokenized", "check_resume", "open_output", "start_run", "record_written",
            "finish_run", "remove_run", "truncate_loss_log", "RESUMABLE", "SPEED_ONLY", "CONFIG_FILE", "DATA_FILE", "FILES_FILE",
            "LOSS_LOG", "DATA_ORDER", "load_for_generation", "write_export_record", "EXPORT_RECIPE", "EXPORT_FILE",
-           "has_weights", "shard_kind", "checkpoint_complete", "run_and_weights", "load_run_base", "weights_by_step"]
+           "has_weights", "shard_kind", "checkpoint_complete", "run_and_weights", "load_run_base", "weights_by_step", "inference_device"]
 
 EXPORT_RECIPE = "cings_recipe.yaml"  # the run's recipe, beside an export (not a run folder: no cings_config.yaml)
 EXPORT_FILE = "cings_export.json"
@@ -225,13 +225,14 @@ def run_and_weights(path: str | Path) -> tuple[Run, Path] | None:
 # ---------------------------------------------------------------- a run's model, for generation
 
 def load_for_generation(model: str | None, *, adapter: str | None = None, gguf_file: str | None = None,
-                        tokenizer: str | None = None, dtype: Any = None, merge: bool = True):
+                        tokenizer: str | None = None, dtype: Any = None, merge: bool = True, device: str = "auto"):
     """``(model, tokenizer, render options, base model spec)``, ready to hand to :mod:`cings.generate`.
 
     ``adapter`` alone finds its base model in the run's recipe (or peft's ``adapter_config.json``);
     system prompt, markers and template come from the run's recipe, so a model answers in the
     format it was trained on. ``merge`` folds a LoRA adapter into the weights (loading.attach_adapter);
-    a GGUF base is merged in fp32, before the cast to ``dtype``.
+    a GGUF base is merged in fp32, before the cast to ``dtype``. ``device`` "auto" is the GPU when
+    there is one (generation on a GPU machine would otherwise run on its CPU).
     """
     import torch
 
@@ -272,10 +273,10 @@ def load_for_generation(model: str | None, *, adapter: str | None = None, gguf_f
         base = attach_adapter(base, adapter, merge=merge)
     options = recipe.render_options() if recipe is not None else RenderOptions()
     spec = "model_config" if source.model_config else str(source.model)
-    return base.to(dtype).eval(), tok, options, spec
+    return base.to(device=inference_device(device), dtype=dtype).eval(), tok, options, spec
 
 
-def load_run_base(folder: str | Path, *, dtype: Any = None):
+def load_run_base(folder: str | Path, *, dtype: Any = None, device: str = "auto"):
     """``(model, tokenizer, render options, base model spec)`` of the run in ``folder`` before its first step:
     its base model (a model_config base seeded as the run seeded it), the tokenizer and render options
     it trained with. The step 0 of a study over the run's checkpoints."""
@@ -291,7 +292,16 @@ def load_run_base(folder: str | Path, *, dtype: Any = None):
     tok = load_tokenizer(recipe.tokenizer if recipe.tokenizer is not None else source.tokenizer_spec())
     model = load_causal_lm(source, dtype or torch.float32, tokenizer=tok)
     spec = "model_config" if source.model_config else str(source.model)
-    return model.eval(), tok, recipe.render_options(), spec
+    return model.to(inference_device(device)).eval(), tok, recipe.render_options(), spec
+
+
+def inference_device(device: str = "auto") -> str:
+    """``auto``: the first CUDA GPU when there is one, else the CPU; anything else as given."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def weights_by_step(folder: str | Path) -> list[tuple[int, Path]]:

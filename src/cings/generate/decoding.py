@@ -27,6 +27,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from .prefix_cache import PrefixCache
+
 __all__ = ["DECODINGS", "Contrastive", "adacad_alpha", "decode", "greedy_decode", "jsd"]
 
 DECODINGS = ("greedy", "cad", "adacad")
@@ -85,16 +87,25 @@ def greedy_step(logits: Sequence[Any]) -> Any:
 
 
 class _Branch:
-    """One left-padded batch with its own KV cache: the prompt, then one token a step."""
+    """One left-padded batch with its own KV cache: the prompt, then one token a step.
 
-    def __init__(self, model: Any, ids: Any, mask: Any):
+    With a ``prefix`` (:class:`~cings.generate.prefix_cache.PrefixCache`), ``ids`` and ``mask`` are the
+    prompts' suffixes after it: the cache starts as the prefix repeated over the rows, and the mask and
+    positions cover the prefix's columns too, so every later step sees what the whole prompt gives."""
+
+    def __init__(self, model: Any, ids: Any, mask: Any, prefix: PrefixCache | None = None):
+        import torch
         from transformers import DynamicCache
 
-        self.model, self.mask, self.cache = model, mask, DynamicCache()
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        rows = ids.shape[0]
+        self.model = model
+        self.cache = prefix.cache_for(rows) if prefix is not None else DynamicCache()
+        head = mask.new_ones((rows, len(prefix) if prefix is not None else 0))
+        self.mask = torch.cat([head, mask], dim=1)
+        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)[:, head.shape[1]:]
         # logits_to_keep=1: the full prompt's logits (rows x length x vocab floats, gigabytes for a batch
         # of long prompts) would be computed only to be thrown away.
-        self.logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=self.cache,
+        self.logits = model(input_ids=ids, attention_mask=self.mask, position_ids=positions, past_key_values=self.cache,
                             use_cache=True, logits_to_keep=1).logits[:, -1]
 
     def keep(self, rows: Any) -> None:
@@ -111,9 +122,10 @@ class _Branch:
 
 
 def decode(model: Any, batches: Sequence[tuple[Any, Any]], rule: StepRule, max_new_tokens: int,
-           stop_ids: Sequence[int]) -> list[list[int]]:
+           stop_ids: Sequence[int], prefixes: Sequence[PrefixCache | None] | None = None) -> list[list[int]]:
     """Decode ``batches`` (one ``(ids, mask)`` pair per branch, left-padded, the same rows in the same order)
-    with ``rule``; returns each row's new tokens, its stop token included.
+    with ``rule``; returns each row's new tokens, its stop token included. ``prefixes`` (one per branch, or
+    None) are prompt heads already prefilled, which that branch's ``ids`` continue.
 
     ``generate`` keeps finished rows computing until the longest one ends; on a CPU, where a decode
     step costs more the wider the batch, one rambling answer then makes a batch slower than decoding
@@ -124,15 +136,18 @@ def decode(model: Any, batches: Sequence[tuple[Any, Any]], rule: StepRule, max_n
     rows = {ids.shape[0] for ids, _ in batches}
     if len(rows) != 1:
         raise ValueError(f"every branch needs the same rows; got {sorted(rows)}")
-    stop = torch.tensor(sorted(set(stop_ids)) or [-1])
-    branches = [_Branch(model, ids, mask) for ids, mask in batches]
+    if prefixes is not None and len(prefixes) != len(batches):
+        raise ValueError(f"one prefix per branch: {len(prefixes)} for {len(batches)} branches")
+    branches = [_Branch(model, ids, mask, prefix) for (ids, mask), prefix in zip(batches, prefixes or [None] * len(batches))]
+    device = branches[0].logits.device
+    stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
     alive = list(range(rows.pop()))
     out: list[list[int]] = [[] for _ in alive]
     for _ in range(max_new_tokens):
         token = rule([b.logits for b in branches]).argmax(-1)
-        for j, row in enumerate(alive):
-            out[row].append(int(token[j]))
-        finished = torch.isin(token, stop) | torch.tensor([len(out[row]) >= max_new_tokens for row in alive])
+        for row, t in zip(alive, token.tolist()):  # one device sync a step, not one per row
+            out[row].append(t)
+        finished = torch.isin(token, stop) | torch.tensor([len(out[row]) >= max_new_tokens for row in alive], device=device)
         if bool(finished.all()):
             break
         if bool(finished.any()):

@@ -2,7 +2,10 @@
 
 Greedy by default (CAD and AdaCAD on request: :mod:`cings.generate.decoding`), stopping at the
 template's end-of-turn token. Prompts are sorted by length and
-left-padded, so the batch size changes speed, not outputs (tested token for token). Output is
+left-padded, so the batch size changes speed, not outputs (tested token for token). The prompt head
+every record shares is prefilled once (:mod:`cings.generate.prefix_cache`; outputs equal, tested).
+With ``engine="vllm"`` the same prompt token ids go to vLLM instead (:mod:`cings.generate.vllm_engine`),
+and the rows are written the same way. Output is
 appended batch by batch; ``resume`` skips ids already written, so a killed run loses nothing and
 duplicates nothing. A resume refuses rows written with other settings (a file holds one setting),
 and an existing output is replaced only when asked (``overwrite``).
@@ -24,11 +27,15 @@ from ..prompts import DOCS, LAYOUTS, Prompt, PromptBuilder
 from ..records import Record, RecordError
 from ..render import Dropped, RenderOptions
 from .decoding import DECODINGS, Contrastive, decode, greedy_step
+from .prefix_cache import PrefixCache, shared_prefix_length
 
-__all__ = ["GenerationSettings", "generate_records", "written_ids", "check_resumable", "settings_differences"]
+__all__ = ["ENGINES", "GenerationSettings", "generate_records", "written_ids", "check_resumable", "settings_differences"]
 
+ENGINES = ("hf", "vllm")
 # Settings that change speed, not outputs: a resume may change them.
-SPEED_ONLY = frozenset({"batch_size"})
+SPEED_ONLY = frozenset({"batch_size", "prefix_cache"})
+# Settings added after files were written without them: an absent key reads as the value those files were made with.
+ABSENT_MEANS = {"engine": "hf"}
 
 
 def _f(default: Any, help: str) -> Any:
@@ -37,8 +44,8 @@ def _f(default: Any, help: str) -> Any:
 
 @dataclass
 class GenerationSettings:
-    """How predictions are made; every field but ``batch_size`` is part of what a prediction file means.
-    The field help is the ``cings generate`` flag help (config.add_dataclass_arguments)."""
+    """How predictions are made; every field but ``batch_size`` and ``prefix_cache`` (speed only) is part of what
+    a prediction file means. The field help is the ``cings generate`` flag help (config.add_dataclass_arguments)."""
 
     docs: str = _f("gold", "which documents each prompt shows; topk: the K highest-scored passages when every passage"
                            " has a 'score' (file order when none has; a record with only some scored is refused)")
@@ -55,6 +62,11 @@ class GenerationSettings:
     adacad_offset: float = _f(0.0, "added to AdaCAD's per-token JSD weight (--decoding adacad)")
     cad_backoff: float = _f(0.0, "τ (cad, adacad): a token whose with/without-documents JSD (nats, at most ln 2 ="
                                  " 0.693) is below τ is taken from the without-documents distribution; 0: never")
+    engine: str = _f("hf", "hf: transformers, on the CPU; vllm: vLLM on a CUDA GPU, greedy, the same prompt token ids"
+                           " (pip install 'cings[vllm]'; no CAD/AdaCAD, no --adapter: export the run; --batch-size is"
+                           " records per llm.generate call, 256 unless given)")
+    prefix_cache: bool = _f(True, "prefill the prompt head every record shares once and start each batch from its KV"
+                                  " cache (speed only: outputs equal the whole prompts'); vllm: its prefix caching")
     model: str | None = _f(None, "the model spec the predictions came from (recorded in each row)")
     adapter: str | None = _f(None, "the LoRA adapter the predictions came from (recorded in each row)")
     extra: dict = field(default_factory=dict, metadata={"help": "more settings recorded in each row"})
@@ -70,6 +82,7 @@ class GenerationSettings:
         if self.prompt not in LAYOUTS:
             raise ValueError(f"--prompt must be one of {', '.join(LAYOUTS)}, not {self.prompt!r}")
         self._check_decoding()
+        self._check_engine()
 
     def _check_decoding(self) -> None:
         if self.decoding not in DECODINGS:
@@ -93,6 +106,18 @@ class GenerationSettings:
             raise ValueError(f"--decoding {self.decoding} contrasts the prompt with documents against the one without;"
                              " with --docs none both are the same prompt")
 
+    def _check_engine(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        if not isinstance(self.prefix_cache, bool):
+            raise ValueError(f"--prefix-cache must be true or false, not {self.prefix_cache!r}")
+        if self.engine == "vllm":
+            from .vllm_engine import refusal
+
+            why = refusal(self.decoding, self.greedy, self.adapter)
+            if why:
+                raise ValueError(why)
+
     def to_dict(self) -> dict[str, Any]:
         # The weights of a rule are recorded only with that rule, so greedy rows read as they always have
         # (and files written before CAD existed still resume).
@@ -100,7 +125,8 @@ class GenerationSettings:
                    "adacad": {"adacad_offset": self.adacad_offset, "cad_backoff": self.cad_backoff}}.get(self.decoding, {})
         return {"docs": self.docs, "ndocs": self.ndocs, "prompt": self.prompt, "max_new_tokens": self.max_new_tokens,
                 "batch_size": self.batch_size, "decoding": self.decoding if self.greedy else "sample", **weights,
-                "model": self.model, "adapter": self.adapter, **self.extra}
+                "engine": self.engine, "prefix_cache": self.prefix_cache, "model": self.model, "adapter": self.adapter,
+                **self.extra}
 
     def step_rule(self) -> Any:
         if self.decoding == "greedy":
@@ -149,8 +175,12 @@ def check_resumable(path: str | Path, settings: GenerationSettings) -> None:
 
 
 def settings_differences(stored: dict, current: dict) -> list[str]:
-    """``key: A in the file, B now`` for each setting that differs (an absent key differs from any value),
-    speed-only settings aside: what a resume refuses, named."""
+    """``key: A in the file, B now`` for each setting that differs (an absent key differs from any value but
+    its :data:`ABSENT_MEANS`), speed-only settings aside: what a resume refuses, named.
+
+    The engine is not speed-only: greedy outputs of transformers and vLLM can differ where two tokens'
+    logits nearly tie (other kernels sum in another order), so one file holds one engine's answers."""
+    stored, current = {**ABSENT_MEANS, **stored}, {**ABSENT_MEANS, **current}
     return [f"{key}: {_shown(stored, key)} in the file, {_shown(current, key)} now"
             for key in sorted((set(stored) | set(current)) - SPEED_ONLY)
             if (key in stored, stored.get(key)) != (key in current, current.get(key))]
@@ -160,32 +190,52 @@ def _shown(settings: dict, key: str) -> str:
     return repr(settings[key]) if key in settings else "(absent)"
 
 
-def _left_padded(prompts: Sequence[Prompt], pad_id: int) -> tuple[Any, Any]:
+def _left_padded(rows: Sequence[Sequence[int]], pad_id: int, device: Any = None) -> tuple[Any, Any]:
     import torch
 
-    width = max(len(p.input_ids) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p.input_ids):] = torch.tensor(p.input_ids)
-        mask[row, width - len(p.input_ids):] = 1
-    return ids, mask
+    for row, r in enumerate(rows):
+        ids[row, width - len(r):] = torch.tensor(r)
+        mask[row, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _shared_prefixes(model: Any, todo: Sequence[tuple[Record, tuple[Prompt, ...]]]) -> list[PrefixCache | None]:
+    """Per branch, the head all its prompts share, prefilled once (None where they share nothing)."""
+    prefixes: list[PrefixCache | None] = []
+    for k in range(len(todo[0][1])):
+        ids = [branches[k].input_ids for _, branches in todo]
+        n = shared_prefix_length(ids)
+        prefixes.append(PrefixCache.build(model, ids[0][:n]) if n else None)
+    return prefixes
 
 
 def _decode_batch(model: Any, tokenizer: Any, branches: Sequence[Sequence[Prompt]], settings: GenerationSettings,
-                  stop_ids: list[int], pad_id: int) -> list[str]:
-    """``branches``: the batch's prompts, then (contrastive decoding) the same records' prompts without documents."""
+                  stop_ids: list[int], pad_id: int, prefixes: Sequence[PrefixCache | None] | None = None) -> list[str]:
+    """``branches``: the batch's prompts, then (contrastive decoding) the same records' prompts without documents;
+    ``prefixes``: each branch's shared head, already prefilled (only its suffixes are batched here)."""
     import torch
 
-    batches = [_left_padded(prompts, pad_id) for prompts in branches]
+    if settings.engine == "vllm":
+        rows = model.generate_ids([p.input_ids for p in branches[0]], settings.max_new_tokens, stop_ids)
+        return _texts(tokenizer, rows, stop_ids)
+    heads = prefixes if settings.greedy and prefixes else [None] * len(branches)
+    batches = [_left_padded([head.suffix(p.input_ids) if head else p.input_ids for p in prompts], pad_id, model.device)
+               for prompts, head in zip(branches, heads)]
     with torch.no_grad():
         if settings.greedy:
-            rows = decode(model, batches, settings.step_rule(), settings.max_new_tokens, stop_ids)
+            rows = decode(model, batches, settings.step_rule(), settings.max_new_tokens, stop_ids, heads)
         else:
             ids, mask = batches[0]
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens,
                                  do_sample=True, eos_token_id=stop_ids, pad_token_id=pad_id)
             rows = out[:, ids.shape[1]:].tolist()
+    return _texts(tokenizer, rows, stop_ids)
+
+
+def _texts(tokenizer: Any, rows: Sequence[Sequence[int]], stop_ids: Sequence[int]) -> list[str]:
     texts = []
     for row in rows:
         cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
@@ -206,6 +256,9 @@ def generate_records(records: Iterable[Record], model: Any, tokenizer: Any, opti
 
     if resume and overwrite:
         raise ValueError("give --resume or --overwrite, not both")
+    if (settings.engine == "vllm") != hasattr(model, "generate_ids"):
+        raise ValueError(f"settings.engine is {settings.engine!r} but the model handed in is a {type(model).__name__}:"
+                         " engine 'vllm' takes a cings.generate.vllm_engine.VllmEngine, 'hf' a transformers model")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"--limit must be a whole number of at least 1, not {limit!r}")
     builder = PromptBuilder(tokenizer, options, layout=settings.prompt, docs=settings.docs, ndocs=settings.ndocs)
@@ -242,6 +295,9 @@ def generate_records(records: Iterable[Record], model: Any, tokenizer: Any, opti
     output.parent.mkdir(parents=True, exist_ok=True)
     stop_ids, pad_id = builder.stop_token_ids(), pad_id_for(tokenizer)
     started = time.perf_counter()
+    # Prefilled once per run (inside the timing): every batch of every size starts from it.
+    prefixes = (_shared_prefixes(model, todo) if todo and settings.engine == "hf" and settings.prefix_cache
+                and settings.greedy else None)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -251,7 +307,7 @@ def generate_records(records: Iterable[Record], model: Any, tokenizer: Any, opti
         for start in range(0, len(todo), settings.batch_size):
             chunk = todo[start:start + settings.batch_size]
             branches = [[prompts[k] for _, prompts in chunk] for k in range(len(chunk[0][1]))]
-            texts = _decode_batch(model, tokenizer, branches, settings, stop_ids, pad_id)
+            texts = _decode_batch(model, tokenizer, branches, settings, stop_ids, pad_id, prefixes)
             for (record, (prompt, *_)), text in zip(chunk, texts):
                 row = {"id": record.id, "prediction": text, "answers": list(record.answers or ())}
                 if record.parametric_answers is not None:
