@@ -71,7 +71,7 @@ class TrainConfig:
     seed: int = _f(2, "random seed (the paper: 2)")
     global_batch_size: int = _f(128, "sequences per optimizer step over all devices")
     micro_batch_size: int = _f(4, "sequences per device per forward pass; accumulation = global / (micro x devices)")
-    precision: str = _f("auto", "auto (bf16 on a GPU that has it, fp32 on CPU) | bf16 (also on CPU: fast with AVX-512 BF16 or AMX) | fp16 | fp32")
+    precision: str = _f("auto", "auto (bf16 on a GPU or CPU that runs it natively: AVX-512 BF16 or AMX; else fp32) | bf16 | fp16 | fp32")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass: less memory, about a third more"
                                       " compute (configs/accelerate/fsdp.yaml has FSDP's own, preferred under FSDP)")
     trained_logits_only: bool = _f(True, "compute the output layer and loss only where a token is trained: the same loss,"
