@@ -79,7 +79,7 @@ def test_the_closure_follows_the_package_graph():
 
 @pytest.mark.parametrize("module", ["cings.records", "cings.render", "cings.masking", "cings.chat_frame",
                                     "cings.prompts", "cings.jsonl", "cings.evaluate", "cings.metrics",
-                                    "cings.pope"])
+                                    "cings.pope", "cings.retrieval.metrics", "cings.retrieval.corpus"])
 def test_the_core_and_scoring_never_import_torch(module):
     assert module in GRAPH, f"{module} moved: update the rule"
     heavy = sorted(HEAVY & closure(module))
@@ -144,3 +144,22 @@ def test_analyses_are_handed_a_model_and_only_the_cli_and_the_demo_import_them()
     importers = sorted(m for m, deps in GRAPH.items() if m not in analysis and m not in ("cings.cli", "cings.demo")
                        and any(d == "cings.analysis" or d.startswith("cings.analysis.") for d in deps))
     assert not importers, f"{importers} import cings.analysis"
+
+
+def test_retrieval_reads_records_and_loads_models_and_nothing_else_of_the_package():
+    retrieval = sorted(m for m in GRAPH if m == "cings.retrieval" or m.startswith("cings.retrieval."))
+    assert {"cings.retrieval.index", "cings.retrieval.retrieve", "cings.retrieval.metrics"} <= set(retrieval), \
+        "the retrieval folder moved: update the rule"
+    # cings.metrics: the one bootstrap-interval helper; cings.jsonl: the one file reader (records' own).
+    allowed = {"cings.records", "cings.jsonl", "cings.loading", "cings.machine", "cings.metrics"} | set(retrieval)
+    for module in retrieval:
+        outside = sorted(m for m in closure(module) if m in GRAPH and m not in allowed)
+        assert not outside, f"{module} reaches {outside}: retrieval is corpus -> index -> passages, records in and out"
+    # The package file imports nothing, so that cings.evaluate's use of the metrics loads neither torch nor FAISS.
+    assert not {d for d in GRAPH["cings.retrieval"] if d.startswith("cings") or d.split(".")[0] in HEAVY | {"faiss", "bm25s"}}
+    assert not {"faiss", "bm25s", "numpy"} & closure("cings.retrieval.metrics")
+    importers = sorted(m for m, deps in GRAPH.items() if m not in retrieval and m not in ("cings.cli", "cings.suite", "cings.demo")
+                       and any(d.startswith("cings.retrieval") for d in deps))
+    assert importers in ([], ["cings.evaluate"]), f"{importers} import cings.retrieval"
+    assert {d for d in GRAPH["cings.evaluate"] if d.startswith("cings.retrieval")} <= {
+        "cings.retrieval.metrics", "cings.retrieval.metrics.retrieval_table_markdown", "cings.retrieval.metrics.score_retrieval"}

@@ -135,3 +135,22 @@ def test_closed_book_files_that_do_not_pair_are_refused(tmp_path):
     with pytest.raises(RecordError, match="no record with answers shares an id"):
         evaluate_file(here, tmp_path / "m.json", closed_book=write(tmp_path, [_row("z", "Paris", docs="none")], "cb3.jsonl"))
     assert not (tmp_path / "m.json").exists()
+
+
+def test_rows_with_their_retrieved_passages_also_score_the_retrieval(tmp_path):
+    # Hand-worked: the gold passage at rank 1 and at rank 2; the answer in passage 1 of row 1 and in none of row 2.
+    rows = [{"id": "1", "prediction": "Paris", "answers": ["Paris"],
+             "contexts": [{"id": "a", "text": "Paris is the capital.", "gold": True}, {"text": "Lyon.", "gold": False}]},
+            {"id": "2", "prediction": "Rome", "answers": ["Nice"],
+             "contexts": [{"text": "Lyon.", "gold": False}, {"text": "Rome.", "gold": True}]}]
+    metrics, table = evaluate_file(write(tmp_path, rows), tmp_path / "m.json", bootstrap=0)
+    retrieval = json.loads((tmp_path / "m.json").read_text())["retrieval"]
+    assert (retrieval["recall@1"], retrieval["recall@2"], retrieval["mrr"]) == (50.0, 100.0, 0.75)
+    assert (retrieval["has_answer@1"], retrieval["has_answer@2"]) == (50.0, 50.0)
+    assert "| recall@1 (n=2) | 50.0 |" in table.read_text() and metrics["acc"] == 50.0
+    # cings generate's rows name their documents by title and gold only: no retrieval block, nothing else changes.
+    plain = [{"id": "1", "prediction": "Paris", "answers": ["Paris"], "docs": [{"title": "P", "gold": True}]}]
+    assert "retrieval" not in evaluate_file(write(tmp_path, plain, "p.jsonl"), tmp_path / "p.json", bootstrap=0)[0]
+    bad = [{"id": "1", "prediction": "x", "answers": ["x"], "contexts": [{"text": 3}]}]
+    with pytest.raises(RecordError, match=r"b.jsonl: row 1 \(id '1'\): field 'contexts\[0\].text' must be a string"):
+        evaluate_file(write(tmp_path, bad, "b.jsonl"), tmp_path / "b.json")

@@ -134,3 +134,16 @@ def test_written_records_are_compressed_by_their_suffix_and_read_back(tmp_path, 
     assert [r.id for r in read_records(path)] == ["1"]
     if suffix == ".jsonl.gz":
         assert gzip.decompress(path.read_bytes()).startswith(b'{"id": "1"')
+
+
+def test_a_context_may_carry_its_corpus_id(tmp_path):
+    rec = dict(GOOD, contexts=[{"id": "wiki:17", "title": "SB", "text": "Denver won.", "score": 2.0}, {"id": 42, "text": "b"}])
+    path = write_lines(tmp_path, [json.dumps(rec)])
+    (record,) = read_records(path)
+    assert [c.id for c in record.contexts] == ["wiki:17", "42"]
+    assert record.to_dict()["contexts"][1] == {"id": "42", "text": "b"}
+    assert "id" not in Context(text="no id").to_dict()
+    for bad, said in ((True, "must be a non-empty string, not a boolean"), ("  ", "must be a non-empty string"),
+                      ([1], "must be a non-empty string, not a list")):
+        message, path = error_of(tmp_path, [json.dumps(dict(GOOD, contexts=[{"text": "a", "id": bad}]))])
+        assert message == f"{path}:1: field 'contexts[0].id' {said}"

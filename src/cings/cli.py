@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_commands(sub)
     _add_analyze_commands(sub)
     _add_route_commands(sub)
+    _add_retrieval_commands(sub)
     return parser
 
 
@@ -1143,6 +1144,86 @@ def cmd_drop_contexts(args: argparse.Namespace) -> int:
                "extra": {"kept their documents": f"{report['kept']} of {report['with_contexts_in']}",
                          "documents emptied": report["emptied"], "had none already": report["already_without"]}}
     return _finish_data(summary, args.output)
+
+
+# ---------------------------------------------------------------- retrieval
+
+def _add_retrieval_commands(sub) -> None:
+    from .config import add_dataclass_arguments
+    from .retrieval.index import DTYPES, FAISS_KINDS, RETRIEVERS, IndexOptions
+
+    idx = sub.add_parser("index", help="a passage corpus -> a dense (FAISS), BM25 or hybrid index folder; resumable",
+                         description="Index passages for cings retrieve. Dense embeddings are written in shards: run the"
+                                     " same command again after a kill and only the unfinished shards are embedded.")
+    idx.add_argument("--corpus", required=True, metavar="PASSAGES",
+                     help="passages: JSON Lines {id, title, text} (FlashRAG's {id, contents} too) or DPR's"
+                          " psgs_w100.tsv; .gz/.bz2/.xz allowed")
+    idx.add_argument("--output", required=True, metavar="DIR", help="the index folder")
+    add_dataclass_arguments(idx.add_argument_group("index settings"), IndexOptions,
+                            custom={"retriever": {"choices": RETRIEVERS}, "faiss": {"choices": FAISS_KINDS},
+                                    "dtype": {"choices": DTYPES}, "encoder": {"metavar": "PATH"}})
+    idx.add_argument("--overwrite", action="store_true",
+                     help="replace an index of another corpus in DIR (only the index's own files are removed)")
+    idx.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    idx.set_defaults(func=cmd_index)
+
+    ret = sub.add_parser("retrieve", help="records -> the same records with their top-k passages from an index",
+                         description="Replace each record's contexts by the index's top K passages for its instruction"
+                                     " (with score, corpus id and, where the record names its gold passage, gold);"
+                                     " prints recall@k, MRR and answer-in-passage and writes them to OUT.summary.json.")
+    ret.add_argument("--index", required=True, metavar="DIR", help="a folder written by cings index")
+    ret.add_argument("--input", required=True, metavar="RECORDS.jsonl", help="grounded records; the instruction is the query")
+    ret.add_argument("--k", type=int, default=5, metavar="K", help="passages per record, best first (default: 5)")
+    ret.add_argument("--output", required=True, metavar="OUT.jsonl", help="the records with their retrieved contexts")
+    ret.add_argument("--encoder", metavar="PATH",
+                     help="query encoder (default: the one that built the index; any other is refused)")
+    ret.add_argument("--retriever", choices=RETRIEVERS,
+                     help="default: the index's own; a hybrid index can also be searched as dense or bm25 alone")
+    ret.add_argument("--batch-size", "--batch_size", type=int, default=64, help="queries per batch (default: 64)")
+    ret.add_argument("--device", default="auto", help="query encoder device: auto, cpu or cuda (default: auto)")
+    ret.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals (0: none)")
+    ret.add_argument("--seed", type=int, default=0)
+    ret.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ret.set_defaults(func=cmd_retrieve)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .retrieval.index import IndexOptions, build_index
+
+    options = IndexOptions(**{f.name: getattr(args, f.name) for f in fields(IndexOptions)
+                              if getattr(args, f.name, None) is not None})
+    manifest = build_index(args.corpus, args.output, options, overwrite=args.overwrite, progress=not args.no_progress)
+    parts = [f"{manifest['passages']} passages", manifest["retriever"]]
+    if "dense" in manifest:
+        dense = manifest["dense"]
+        rate = dense["embeddings"]["passages_per_s"]
+        parts.append(f"{dense['encoder']['name']}, {dense['faiss']['type']}"
+                     + (f" ({rate} passages/s embedded)" if rate else " (every shard already embedded)"))
+        recall = dense["faiss"].get("recall")
+        if recall:
+            key = next(k for k in recall if k.startswith("recall_vs_exact@"))
+            parts.append(f"{key} {recall[key]}")
+    print(f"cings index: wrote {args.output}: {'; '.join(parts)}; {manifest['seconds']}s", file=sys.stderr)
+    return 0
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    from .retrieval.metrics import retrieval_table_markdown
+    from .retrieval.retrieve import retrieve_file
+    from .summary import write_summary
+
+    summary = retrieve_file(args.index, args.input, args.output, args.k, encoder=args.encoder,
+                            retriever=args.retriever, batch_size=args.batch_size, device=args.device,
+                            progress=not args.no_progress, bootstrap=args.bootstrap, seed=args.seed)
+    if summary["metrics"]:
+        print("| metric | value |\n|---|---:|\n" + retrieval_table_markdown(summary["metrics"]))
+    path = write_summary(summary, args.output)
+    fewer = summary["records_with_fewer_than_k"]
+    print(f"cings retrieve: {summary['records']} records, top {args.k} by {summary['retriever']} search"
+          + (f" ({fewer} with fewer: fewer than {args.k} passages share a word with them)" if fewer else "")
+          + (f"; segments dropped from {summary['segments_dropped']}" if summary["segments_dropped"] else "")
+          + f"; {summary['queries_per_s']} queries/s; wrote {args.output} (summary: {path})", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,9 @@ With the closed-book predictions of the same records (``closed_book``), it also 
 documents did per record: a *neutral regression* is a question answered right closed-book and
 wrong with the documents (a passage that should have been harmless broke a known answer), a
 *context gain* the reverse.
+
+Rows that carry their ranked passages (``contexts`` as ``cings retrieve`` writes them) also get the
+retrieval's own metrics: recall@k, MRR and answer-in-passage (:mod:`cings.retrieval.metrics`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 from .jsonl import RecordError, iter_jsonl
 from .metrics import accuracy, fever_label, metrics_table_markdown, score_predictions
 from .records import type_name
+from .retrieval.metrics import retrieval_table_markdown, score_retrieval
 
 __all__ = ["read_predictions", "evaluate_file", "context_effects"]
 
@@ -134,6 +138,11 @@ def evaluate_file(predictions: str | Path, output: str | Path, *, rouge: bool = 
     metrics["predictions"] = str(predictions)
     metrics["settings"] = rows[0].get("settings", {})
     table_text = metrics_table_markdown(metrics)
+    # Rows that carry their ranked passages (cings retrieve's contexts) also score the retrieval itself.
+    retrieval = score_retrieval(rows, bootstrap=bootstrap, seed=seed, source=str(predictions))
+    if retrieval:
+        metrics["retrieval"] = retrieval
+        table_text += retrieval_table_markdown(retrieval)
     if effects:
         metrics.update(effects)
         metrics["definitions"]["context_effects"] = CONTEXT_EFFECTS

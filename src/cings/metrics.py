@@ -14,7 +14,8 @@ from collections import Counter
 from typing import Any, Iterable, Mapping, Sequence
 
 __all__ = ["normalize_answer", "exact_match", "f1", "accuracy", "match", "rouge_l", "fever_label",
-           "conflict_outcome", "score_predictions", "metrics_table_markdown", "paired_difference", "DEFINITIONS"]
+           "conflict_outcome", "score_predictions", "metrics_table_markdown", "paired_difference", "DEFINITIONS",
+           "summarise_columns"]
 
 _PUNCT = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -185,6 +186,15 @@ def _summarise(columns: dict[str, list[float]], n: int, bootstrap: int, seed: in
             values.sort()
             out[f"{k}_ci"] = [100 * _percentile(values, 0.025), 100 * _percentile(values, 0.975)]
     return out
+
+
+def summarise_columns(columns: dict[str, list[float]], bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Per-record scores in [0, 1], one list per metric over the same records -> each mean x 100 and, with
+    ``bootstrap`` > 0, its 95% percentile interval ``KEY_ci`` (records resampled jointly, as every cings metric)."""
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"columns of different lengths {sorted(lengths)}: they must score the same records")
+    return _summarise(columns, lengths.pop() if lengths else 0, bootstrap, seed)
 
 
 def _score_group(rows: list[Mapping[str, Any]], metrics: Sequence[str], fever: bool, bootstrap: int,

@@ -24,9 +24,13 @@ class Context:
     title: str = ""
     gold: bool | None = None
     score: float | None = None
+    # The passage's id in its corpus (what `cings retrieve` found), so a hit can be traced and judged by id.
+    id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"text": self.text}
+        if self.id is not None:
+            out["id"] = self.id
         if self.title:
             out["title"] = self.title
         if self.gold is not None:
@@ -83,7 +87,7 @@ class Record:
 
 _KNOWN_FIELDS = {"id", "instruction", "contexts", "response", "system", "answers",
                  "parametric_answers", "meta", "segments"}
-_CONTEXT_FIELDS = {"title", "text", "gold", "score"}
+_CONTEXT_FIELDS = {"id", "title", "text", "gold", "score"}
 _WS = re.compile(r"\s+")
 
 
@@ -141,7 +145,12 @@ def _contexts(value: Any, where: str, name: str) -> tuple[Context, ...]:
         score = item.get("score")
         if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
             raise _fail(where, f"{item_name}.score", f"must be a number, not {type_name(score)}")
-        out.append(Context(text=text, title=title, gold=gold, score=None if score is None else float(score)))
+        pid = item.get("id")
+        if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid).strip()):
+            raise _fail(where, f"{item_name}.id", "must be a non-empty string" + (
+                "" if isinstance(pid, str) else f", not {type_name(pid)}"))
+        out.append(Context(text=text, title=title, gold=gold, score=None if score is None else float(score),
+                           id=None if pid is None else str(pid)))
     return tuple(out)
 
 
