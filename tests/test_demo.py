@@ -138,7 +138,8 @@ def test_quick_demo_end_to_end_killed_and_resumed(tmp_path):
     # one entry per (model, evaluation set), with the contract's fields
     entries = {(e["model"], e["eval_set"]): e for e in summary["entries"]}
     sets = {"squad-prefill", "squad-input", "squad-counterfactual", "squad-counterfactual-input", "nq-gold",
-            "nq-gold-input", "hotpotqa-distractors", "hotpotqa-distractors-input", "nq-closed-book"}
+            "nq-gold-input", "hotpotqa-distractors", "hotpotqa-distractors-input", "nq-closed-book",
+            "squad-retrieved", "nq-retrieved"}
     assert set(entries) == {(m, s) for m in ("base", "no_context", "context") for s in sets}
     for (model, name), e in entries.items():
         for key in ("acc", "em", "f1"):
@@ -155,6 +156,25 @@ def test_quick_demo_end_to_end_killed_and_resumed(tmp_path):
             assert set(r["per_layout"]) == {"prefill", "input"} and r["chosen"]["fold0"] in ("prefill", "input")
             assert min(r["per_layout"].values()) <= r["value"] <= max(r["per_layout"].values()) or r["layout"].count("/")
     assert "## Each model in its best layout" in (out / "report.md").read_text()
+
+    # the retrieved sets: the same questions as the gold sets, their top passage from the index of a sample of
+    # the shipped corpus that keeps every gold passage, and the retriever's recall beside the models' accuracy
+    retrieval = summary["retrieval"]
+    assert retrieval["retrieval-index"]["passages"] == 100 and retrieval["retrieval-index"]["retriever"] == "dense"
+    assert all(q["gold_passage_not_in_corpus"] == 0 for q in retrieval["retrieval-data"]["questions"].values())
+    for name, gold in (("squad-retrieved", "squad-heldout"), ("nq-retrieved", "nq")):
+        found = [json.loads(line) for line in (out / "data" / "eval" / f"{name}.jsonl").read_text().splitlines()]
+        given = [json.loads(line) for line in (out / "data" / "eval" / f"{gold}.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in found] == [r["id"] for r in given]
+        assert all(len(r["contexts"]) == 5 and "score" in r["contexts"][0] for r in found)
+        metrics = retrieval[f"retrieval-search-{name}"]["metrics"]
+        assert metrics["n_with_gold"] == 6 and 0 <= metrics["recall@1"] <= metrics["recall@5"] <= 100
+        row = json.loads((out / "evals" / "context" / name / "predictions.jsonl").read_text().splitlines()[0])
+        assert row["settings"]["docs"] == "topk" and len(row["docs"]) == 1 and "id" in row["docs"][0]
+    table = (out / "report.md").read_text().split("## Gold vs retrieved passages")[1].split("\n## ")[0]
+    assert "| squad-prefill (gold) | squad-retrieved | nq-gold (gold) | nq-retrieved |" in table
+    assert "| squad-retrieved | 6 |" in table and "| nq-retrieved | 6 |" in table
+    assert all(f"| {m} |" in table for m in ("base", "no_context", "context"))
 
     # the trained modes shared their data order, steps and seed, and the report says so
     same = summary["same_schedule"]
@@ -180,6 +200,19 @@ def test_quick_demo_end_to_end_killed_and_resumed(tmp_path):
                          env=env, capture_output=True, text=True, timeout=1200)
     assert gen.returncode == 0, gen.stderr[-3000:]
     assert len(pred.read_text().splitlines()) == 2
+
+
+def test_sets_added_later_leave_the_earlier_stages_keys_alone():
+    """A demo folder made before the retrieved-document sets keeps every stage: the data key's inputs and the
+    earlier sets' definitions hash as they did then (the values come from the commit before those sets)."""
+    from dataclasses import asdict
+
+    from cings.demo import EVAL_SETS, DemoConfig, _key
+
+    c = DemoConfig()
+    assert _key([asdict(e) for e in EVAL_SETS[:9]]) == "df433baf269f4200"
+    assert _key(c.steps, c.batch_size, c.seed, c.context_chars, c.eval_n, c.max_new_tokens, c.gen_batch_size, c.model,
+                c.gguf_file) == "cb20a8e86c7f6808"
 
 
 def test_the_training_key_ignores_speed_options_and_nothing_else(tmp_path):

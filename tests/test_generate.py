@@ -92,6 +92,33 @@ def test_prediction_rows_carry_answers_parametric_answers_and_settings(tmp_path,
     assert row["docs"] == [{"title": "", "gold": True}]
 
 
+def test_rows_of_retrieved_passages_keep_them_so_evaluate_scores_the_retrieval(tmp_path, tiny):
+    from cings.evaluate import evaluate_file
+
+    model, tok = tiny
+
+    def ctx(pid, score, gold, text):
+        return Context(id=pid, score=score, gold=gold, text=text, title="T")
+    # As cings retrieve writes them, but out of order: --docs topk shows the two best by score, best first.
+    retrieved = [Record(id="1", instruction="Capital?", response="Paris", answers=("Paris",),
+                        contexts=(ctx("a", 0.2, False, "Lyon is in France."), ctx("b", 0.9, True, "Paris is the capital."),
+                                  ctx("c", 0.5, False, "Nice is by the sea."))),
+                 Record(id="2", instruction="Where?", response="Madrid", answers=("Madrid",),
+                        contexts=(ctx("d", 0.8, False, "Rome is old."), ctx("e", 0.7, True, "Berlin is big."),
+                                  ctx("f", 0.1, False, "Oslo is cold.")))]
+    path = tmp_path / "r.jsonl"
+    generate_records(retrieved, model, tok, RenderOptions(), GenerationSettings(max_new_tokens=2, docs="topk", ndocs=2),
+                     path, progress=False)
+    rows = predictions(path)
+    assert rows["1"]["docs"] == [{"title": "T", "gold": True, "id": "b", "score": 0.9, "text": "Paris is the capital."},
+                                 {"title": "T", "gold": False, "id": "c", "score": 0.5, "text": "Nice is by the sea."}]
+    assert [d["id"] for d in rows["2"]["docs"]] == ["d", "e"]
+    # Hand-worked: gold at rank 1 and rank 2; the answer in row 1's first passage, in none of row 2's.
+    retrieval = evaluate_file(path, tmp_path / "m.json", bootstrap=0)[0]["retrieval"]
+    assert (retrieval["recall@1"], retrieval["recall@2"], retrieval["mrr"]) == (50.0, 100.0, 0.75)
+    assert (retrieval["has_answer@1"], retrieval["has_answer@2"]) == (50.0, 50.0)
+
+
 def train_tiny_adapter(tmp_path, **recipe) -> str:
     """A LoRA run of the tiny model on 4 records; returns its folder."""
     from cings.config import load_config

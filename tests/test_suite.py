@@ -55,6 +55,15 @@ def test_relative_data_paths_resolve_against_the_suite_folder(tmp_path, monkeypa
     ("entries:\n  - {name: x, data: r.jsonl}\n  - {name: x, data: r.jsonl}\n", "entry names repeat (x)"),
     ("limit: 0\nentries:\n  - {name: x, data: r.jsonl}\n", "'limit' must be a whole number"),
     ("entries: []\n", "a suite needs 'entries'"),
+    ("entries:\n  - {name: x, data: r.jsonl, retrieve: {k: 3}}\n", "'retrieve' needs 'corpus'"),
+    ("entries:\n  - {name: x, data: r.jsonl, retrieve: {corpus: nowhere.jsonl}}\n", "no corpus file"),
+    ("entries:\n  - {name: x, data: r.jsonl, retrieve: {corpus: r.jsonl, retriever: sparse}}\n",
+     "retrieve.retriever must be one of dense, bm25, hybrid"),
+    ("entries:\n  - {name: x, data: r.jsonl, retrieve: {corpus: r.jsonl, top: 3}}\n", "unknown key(s) ['top'] in 'retrieve'"),
+    ("entries:\n  - {name: x, data: r.jsonl, docs: gold, retrieve: {corpus: r.jsonl}}\n", "docs must be topk"),
+    ("entries:\n  - {name: x, data: r.jsonl, ndocs: 3, retrieve: {corpus: r.jsonl, k: 2}}\n",
+     "retrieve.k (2) must be at least ndocs (3)"),
+    ("entries:\n  - {name: x, data: r.jsonl, retrieve: {index: no-index}}\n", "not a cings index"),
 ])
 def test_a_bad_suite_is_refused_before_a_model_loads(tmp_path, capsys, body, said):
     write_records([Record(id="a", instruction="Q", response="A", contexts=())], tmp_path / "r.jsonl")
@@ -129,3 +138,48 @@ def test_every_shipped_suite_loads_and_opens_with_its_command(path):
     if "shared/data" in path.read_text() and not (ROOT.parent / "shared" / "data").is_dir():
         pytest.skip("the shared data folder is not beside the checkout")
     assert all(e.data.is_file() for e in load_suite(path).entries)
+
+
+def test_entries_that_retrieve_index_the_corpus_once_and_keep_it(tmp_path, capsys):
+    from .test_generate import tiny_generation_model
+
+    model, tok = tiny_generation_model()
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    facts = {"Paris": "Paris is the capital of France.", "Rome": "Rome is the capital of Italy.",
+             "Oslo": "Oslo is the capital of Norway.", "Lima": "Lima is the capital of Peru."}
+    corpus = tmp_path / "passages.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"p{i}", "title": city, "text": text}) + "\n"
+                              for i, (city, text) in enumerate(facts.items())))
+    countries = {"Paris": "France", "Rome": "Italy", "Oslo": "Norway", "Lima": "Peru"}
+    write_records([Record(id=city, instruction=f"What is the capital of {country}?", response=city, answers=(city,),
+                          contexts=(Context(text=facts[city], gold=True),)) for city, country in countries.items()],
+                  tmp_path / "q.jsonl")
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("max_new_tokens: 2\nentries:\n"
+                     "  - {name: top1, data: q.jsonl, retrieve: {corpus: passages.jsonl, retriever: bm25, k: 3}}\n"
+                     "  - {name: top2, data: q.jsonl, ndocs: 2, retrieve: {corpus: passages.jsonl, retriever: bm25}}\n")
+    args = ["eval-suite", "--suite", str(suite), "--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out")]
+    assert main(args) == 0
+    indexes = list((tmp_path / "out" / "indexes").iterdir())
+    assert len(indexes) == 1 and "index" in capsys.readouterr().err  # one index for the two entries
+    retrieved = [json.loads(line) for line in (tmp_path / "out" / "top1" / "retrieved.jsonl").read_text().splitlines()]
+    # Each question shares its country's name with one passage only: BM25 ranks the gold passage first.
+    assert [[c["id"] for c in r["contexts"]][0] for r in retrieved] == ["p0", "p1", "p2", "p3"]
+    assert all(r["contexts"][0]["gold"] and not any(c["gold"] for c in r["contexts"][1:]) for r in retrieved)
+    summary = json.loads((tmp_path / "out" / "top1" / "retrieval.json").read_text())
+    assert summary["k"] == 3 and summary["metrics"]["recall@1"] == 100.0
+    assert json.loads((tmp_path / "out" / "top2" / "retrieval.json").read_text())["k"] == 5  # default: max(5, ndocs)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "top2" / "predictions.jsonl").read_text().splitlines()]
+    assert all(len(r["docs"]) == 2 and r["docs"][0]["gold"] and "id" in r["docs"][0] for r in rows)
+    assert rows[0]["settings"]["docs"] == "topk" and rows[0]["settings"]["retrieve"]["retriever"] == "bm25"
+    metrics = json.loads((tmp_path / "out" / "top2" / "metrics.json").read_text())
+    assert metrics["retrieval"]["recall@1"] == 100.0  # scored again on the generation output
+    # A second run keeps the index (its manifest records the same corpus and settings) and resumes the rest.
+    stamp = (indexes[0] / "manifest.json").stat().st_mtime_ns
+    assert main(args + ["--resume"]) == 0
+    assert "kept" in capsys.readouterr().err and (indexes[0] / "manifest.json").stat().st_mtime_ns == stamp
+    # A changed corpus is indexed again.
+    corpus.write_text(corpus.read_text() + json.dumps({"id": "p9", "title": "Bern", "text": "Bern is in Switzerland."}) + "\n")
+    assert main(args + ["--overwrite"]) == 0
+    assert json.loads((indexes[0] / "manifest.json").read_text())["passages"] == 5

@@ -231,6 +231,11 @@ def _add_eval_commands(sub) -> None:
     demo.add_argument("--eval-n", type=int, help=f"records per evaluation set, all sets alike (default: {sizes})")
     demo.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                       help="auto: bf16 where the CPU/GPU has fast bf16, else fp32")
+    demo.add_argument("--retriever", choices=("dense", "bm25", "hybrid"),
+                      help=f"the retrieved sets' retriever (default {default.retriever}: all-MiniLM-L6-v2)")
+    demo.add_argument("--retrieval-passages", type=int, metavar="N",
+                      help=f"index a seeded sample of N of the 3,359 passages, every gold one kept (default: all;"
+                           f" --quick {quick.retrieval_passages})")
     demo.set_defaults(func=cmd_demo)
 
 
@@ -373,7 +378,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     kw: dict = {"output_dir": args.output_dir, "model": args.model, "gguf_file": args.gguf_file, "precision": args.precision,
                 "data_dir": args.data_dir}
     kw["modes"] = tuple(m.strip() for m in args.modes.split(",")) if args.modes else (ALL_MODES if args.all_modes else MODES)
-    for name in ("steps", "learning_rate"):
+    for name in ("steps", "learning_rate", "retriever", "retrieval_passages"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     if args.lora_r is not None:
@@ -1193,6 +1198,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     options = IndexOptions(**{f.name: getattr(args, f.name) for f in fields(IndexOptions)
                               if getattr(args, f.name, None) is not None})
     manifest = build_index(args.corpus, args.output, options, overwrite=args.overwrite, progress=not args.no_progress)
+    if "shard" in manifest:  # one process's share of the embeddings: no index yet
+        done = manifest["embeddings"]
+        print(f"cings index: shard {manifest['shard']} of {args.output}: {done['embedded_now']} passages embedded now"
+              f" ({done['resumed_shards']} of its shards were already); when every shard is done, run the same command"
+              " without --shard to build the index", file=sys.stderr)
+        return 0
     parts = [f"{manifest['passages']} passages", manifest["retriever"]]
     if "dense" in manifest:
         dense = manifest["dense"]

@@ -7,8 +7,10 @@ its last written prediction):
 1. ``data``: SQuAD v1.1 dev split by article into training and held-out articles; the evaluation
    sets (held-out SQuAD, a counterfactual set from the held-out articles, NQ-open, HotpotQA);
 2. ``train-MODE``: one LoRA run per mode, same records, order, steps and seed (asserted);
-3. ``eval-MODEL-SET``: generation + metrics, for the base model and every trained one;
-4. the report (``report.md``, ``report.png``, ``metrics.json``), always rewritten.
+3. ``retrieval-*`` (when a retrieved-document set is evaluated): the corpus, its index and each set's
+   top passages (:mod:`cings.demo_retrieval`);
+4. ``eval-MODEL-SET``: generation + metrics, for the base model and every trained one;
+5. the report (``report.md``, ``report.png``, ``metrics.json``), always rewritten.
 
 The data comes from ``examples/demo/`` (slices of ../shared/data, see its PROVENANCE), so the
 demo runs, with the same numbers, on any machine.
@@ -36,7 +38,7 @@ ALL_MODES = ("no_context", "input_context", "context", "no_mask")
 @dataclass(frozen=True)
 class EvalSet:
     name: str
-    source: str  # squad-heldout | squad-counterfactual | nq | hotpotqa
+    source: str  # squad-heldout | squad-counterfactual | nq | hotpotqa | squad-retrieved | nq-retrieved
     docs: str
     prompt: str
     ndocs: int = 1
@@ -58,6 +60,11 @@ EVAL_SETS = (
     EvalSet("hotpotqa-distractors", "hotpotqa", "gold+distractors", "prefill", ndocs=3, about="HotpotQA: the longest gold paragraph + 2 distractors"),
     EvalSet("hotpotqa-distractors-input", "hotpotqa", "gold+distractors", "input", ndocs=3, about="the same passages in the user turn"),
     EvalSet("nq-closed-book", "nq", "none", "prefill", about="NQ-open without a passage: what the model knows by itself"),
+    EvalSet("squad-retrieved", "squad-retrieved", "topk", "prefill", about="the held-out SQuAD questions with the"
+            " retriever's top passage instead of their gold one, from every SQuAD dev paragraph (whole) mixed with NQ's"
+            " and HotpotQA's passages"),
+    EvalSet("nq-retrieved", "nq-retrieved", "topk", "prefill", about="the NQ-open questions with the retriever's top"
+            " passage, from their own passages mixed with SQuAD and HotpotQA paragraphs"),
 )
 
 
@@ -87,11 +94,15 @@ class DemoConfig:
     precision: str = "auto"
     data_dir: str = field(default="", metadata={"help": "folder of the demo's data slices; '' = examples/demo of this checkout"})
     quick: bool = False
+    retriever: str = field(default="dense", metadata={"help": "the retrieved sets' retriever: dense (all-MiniLM-L6-v2), bm25 or hybrid"})
+    retrieval_k: int = field(default=5, metadata={"help": "passages retrieved per question (recall@k); the prompt shows the top one"})
+    retrieval_passages: int | None = field(default=None, metadata={
+        "help": "passages of the shipped corpus indexed: None = all 3,359; else a seeded sample keeping every gold one"})
 
     @classmethod
     def quick_preset(cls, **kw: Any) -> "DemoConfig":
         base = dict(steps=4, batch_size=4, micro_batch_size=4, max_new_tokens=12, gen_batch_size=8, quick=True,
-                    eval_n={"squad-heldout": 6, "squad-counterfactual": 6, "nq": 6, "hotpotqa": 4})
+                    eval_n={"squad-heldout": 6, "squad-counterfactual": 6, "nq": 6, "hotpotqa": 4}, retrieval_passages=100)
         base.update(kw)
         return cls(**base)
 
@@ -380,6 +391,7 @@ def train_modes(cfg: DemoConfig, log: Callable[[str], None]) -> TextRuns:
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
     """Run (or resume) every stage; returns the report path."""
     from .demo_report import write_report
+    from .demo_retrieval import RETRIEVED, retrieval_stages
     from .runs import load_for_generation
 
     log = log or (lambda msg: print(f"cings demo: {msg}", file=sys.stderr, flush=True))
@@ -391,6 +403,12 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
     models = {"base": None, **{m: str(root / "models" / m) for m in cfg.modes}}
     evals: dict[str, dict[str, dict]] = {}
     sets = [e for e in EVAL_SETS if e.name in cfg.eval_sets]
+    retrieval = None
+    retrieved = [es.source for es in sets if es.source in RETRIEVED]
+    if retrieved:
+        # Before the evaluation keys are taken: they read the content of the retrieved sets' files.
+        retrieval = retrieval_stages(cfg, root, stages, retrieved, log)
+        _release()
     for name, adapter in models.items():
         upstream = trained[name]["key"] if name in trained else _key(cfg.model, cfg.gguf_file)
         keys = {es.name: _key(_file_sha(root / "data" / "eval" / f"{es.source}.jsonl"), upstream, asdict(es),
@@ -410,7 +428,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
         _release()
 
     report = write_report(cfg, root, data, trained, evals, sets, check, precision,
-                          total_seconds=time.perf_counter() - started, ran=stages.ran, precision_reason=chosen.reason)
+                          total_seconds=time.perf_counter() - started, ran=stages.ran, precision_reason=chosen.reason,
+                          retrieval=retrieval)
     log(f"wrote {report}, {report.with_suffix('.png')} and {root / 'metrics.json'}")
     return report
 

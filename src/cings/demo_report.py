@@ -199,15 +199,56 @@ def _best_layout_table(best: dict[str, dict[str, dict]], models: Sequence[str]) 
     return md + [""]
 
 
+def _gold_vs_retrieved(by_model: dict[str, dict[str, dict]], sets: Sequence[Any], retrieval: dict | None) -> list[str]:
+    """One table of every model with the gold passages and with the retrieved ones, and the retriever's recall."""
+    from .demo_retrieval import GOLD_TWIN
+
+    names = {es.name for es in sets}
+    pairs = [(gold, found) for found, gold in GOLD_TWIN.items() if found in names]
+    if not retrieval or not pairs:
+        return []
+    index, searched = retrieval["index"]["result"], retrieval["search"]
+    k = next(iter(searched.values()))["result"]["k"]
+    what = (f"{index['retriever']}" + (f" ({index['encoder']}, {index['faiss']} inner-product search)" if index.get("encoder") else "")
+            + f" over {index['passages']:,} passages")
+    shipped = retrieval["data"]["result"]["of_shipped"]
+    corpus = ("every SQuAD dev paragraph whole, NQ-open's gold passages and HotpotQA's paragraphs"
+              if index["passages"] == shipped else
+              f"a seeded sample of the {shipped:,} passages of SQuAD dev, NQ-open and HotpotQA that keeps every gold one")
+    md = ["## Gold vs retrieved passages", "",
+          f"The same questions with their gold passage and with the retriever's top passage instead: {what}"
+          f" (`data/retrieval/passages.jsonl`: {corpus}; examples/demo/PROVENANCE.md). Same layout (`prefill`), one"
+          " passage either way. Accuracy (%) [95% interval]:", "",
+          "| model | " + " | ".join(f"{gold} (gold) | {found}" for gold, found in pairs) + " |",
+          "|---|" + "---:|" * (2 * len(pairs))]
+    for model, per in by_model.items():
+        md.append(f"| {model} | " + " | ".join(f"{format_cell(per.get(gold, {}), 'acc')} | {format_cell(per.get(found, {}), 'acc')}"
+                                               for gold, found in pairs) + " |")
+    md += ["", f"The retriever on each set (top {k}): recall@k = the question's gold passage is among the top k;"
+           " answer in top k = DPR's has_answer (a gold answer's tokens occur in one of the top k passages);"
+           " MRR = mean 1/rank of the gold passage.", "",
+           "| set | questions | recall@1 | recall@" + str(k) + " | MRR | answer in top 1 | answer in top " + str(k) + " |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for _, found in pairs:
+        m = searched.get(found, {}).get("result", {}).get("metrics") or {}
+        mrr = f"{m['mrr']:.3f}" if "mrr" in m else "–"
+        md.append(f"| {found} | {m.get('n_with_gold', '–')} | {format_cell(m, 'recall@1')} | {format_cell(m, f'recall@{k}')} |"
+                  f" {mrr} | {format_cell(m, 'has_answer@1')} | {format_cell(m, f'has_answer@{k}')} |")
+    return md + [""]
+
+
 def write_report(cfg: Any, root: Path, data: dict, trained: dict[str, dict], evals: dict[str, dict[str, dict]],
                  sets: Sequence[Any], check: dict, precision: str, *, total_seconds: float, ran: Sequence[str],
-                 precision_reason: str = "") -> Path:
+                 precision_reason: str = "", retrieval: dict | None = None) -> Path:
     by_model = {model: {name: stage["result"]["metrics"] for name, stage in per_set.items()} for model, per_set in evals.items()}
     best = best_layouts(root, list(by_model), sets)
     best_json = {task: {m: {k: v for k, v in r.items() if k != "values"} for m, r in per.items()} for task, per in best.items()}
     entries = [{"model": model, "eval_set": name, **metrics} for model, per_set in by_model.items() for name, metrics in per_set.items()]
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    retrieval_stages = {} if not retrieval else {"retrieval-data": retrieval["data"], "retrieval-index": retrieval["index"],
+                                                 **{f"retrieval-search-{n}": s for n, s in retrieval["search"].items()}}
     stage_seconds = {"data": data["seconds"], **{f"train-{m}": s["seconds"] for m, s in trained.items()},
+                     **{name: s["seconds"] for name, s in retrieval_stages.items()},
                      **{f"eval-{m}-{n}": s["seconds"] for m, per in evals.items() for n, s in per.items()}}
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     machine = _machine()
@@ -216,6 +257,8 @@ def write_report(cfg: Any, root: Path, data: dict, trained: dict[str, dict], eva
                "by_model": by_model, "best_layout": best_json, "stage_seconds": stage_seconds, "data": data["result"],
                "training": {m: s["result"] for m, s in trained.items()}, "peak_rss_gib_this_process": round(peak_gib, 2),
                "wall_seconds_this_invocation": round(total_seconds, 1), "stages_run_this_invocation": list(ran)}
+    if retrieval_stages:
+        summary["retrieval"] = {name: s["result"] for name, s in retrieval_stages.items()}
     (root / "metrics.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     title = f"{Path(cfg.model).name if cfg.model != 'smollm2' else 'SmolLM2-135M-Instruct'}: base vs trained modes"
     png = _chart(by_model, sets, root / "report.png", title)
@@ -240,7 +283,7 @@ def write_report(cfg: Any, root: Path, data: dict, trained: dict[str, dict], eva
             cf = next((r for r in per.values() if "context_rate" in r), None)
             cells.append(f"{cf['context_rate']:.1f} / {cf['memory_rate']:.1f}" if cf else "–")
         md.append(f"| {m} | " + " | ".join(cells) + " |")
-    md += ["", *_best_layout_table(best, list(by_model)), "## Training", "",
+    md += ["", *_gold_vs_retrieved(by_model, sets, retrieval), *_best_layout_table(best, list(by_model)), "## Training", "",
            f"LoRA r{cfg.lora_r} (alpha {cfg.lora_alpha}, dropout 0.05) on every attention and MLP projection"
            f"{f' of the top {cfg.lora_top_layers} layers' if getattr(cfg, 'lora_top_layers', None) else ''}; {cfg.steps} steps of"
            f" {cfg.batch_size} examples ({_micro(cfg)}), learning rate {cfg.learning_rate:g} constant,"
@@ -287,6 +330,11 @@ def write_report(cfg: Any, root: Path, data: dict, trained: dict[str, dict], eva
            "## Reproduce each number", "",
            "Every figure above comes from one `cings generate` + `cings evaluate` over the files in"
            f" `{root / 'data'}` (the demo's own predictions are in `{root / 'evals'}/MODEL/SET/`):", "", "```bash"]
+    if retrieval:
+        from .demo_retrieval import retrieval_commands
+
+        md += ["# the retrieved sets' passages (their index, then each set's top passages)",
+               *retrieval_commands(cfg, root, list(retrieval["search"]))]
     md += [_commands(cfg, root, m, es, precision) for m in by_model for es in sets]
     md += ["```", ""]
     report = root / "report.md"

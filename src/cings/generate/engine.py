@@ -235,6 +235,17 @@ def _decode_batch(model: Any, tokenizer: Any, branches: Sequence[Sequence[Prompt
     return _texts(tokenizer, rows, stop_ids)
 
 
+def _doc_row(context: Any) -> dict[str, Any]:
+    """What a prediction row keeps of a shown passage: title and gold; a retrieved one (it has a corpus ``id`` or a
+    ``score``, as ``cings retrieve`` writes them) also keeps ``id``, ``score`` and ``text``, so ``cings evaluate`` scores
+    the retrieval on the generation output too (recall@k and MRR by gold, answer-in-passage by text)."""
+    doc: dict[str, Any] = {"title": context.title, "gold": context.gold}
+    if context.id is not None or context.score is not None:
+        doc |= {k: v for k, v in (("id", context.id), ("score", context.score)) if v is not None}
+        doc["text"] = context.text
+    return doc
+
+
 def _texts(tokenizer: Any, rows: Sequence[Sequence[int]], stop_ids: Sequence[int]) -> list[str]:
     texts = []
     for row in rows:
@@ -312,7 +323,7 @@ def generate_records(records: Iterable[Record], model: Any, tokenizer: Any, opti
                 row = {"id": record.id, "prediction": text, "answers": list(record.answers or ())}
                 if record.parametric_answers is not None:
                     row["parametric_answers"] = list(record.parametric_answers)
-                row["docs"] = [{"title": c.title, "gold": c.gold} for c in prompt.docs]
+                row["docs"] = [_doc_row(c) for c in prompt.docs]
                 if record.meta.get("source") or record.meta.get("data_source"):
                     row["meta"] = {"source": record.meta.get("data_source") or record.meta.get("source")}
                 row["settings"] = settings.to_dict()

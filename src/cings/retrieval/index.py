@@ -6,7 +6,8 @@ The folder (every file written whole, then renamed into place, so a kill never l
   is read back without the original corpus and without holding it in memory;
 * ``embeddings/shard-NNNNN.npy`` (dense, hybrid): ``--shard-size`` passages each, float16 by default, and
   ``embeddings/settings.json`` (encoder, dtype, shard size). A killed build resumes at the first missing
-  shard: finished shards are never embedded again;
+  shard: finished shards are never embedded again. ``--shard i/n`` embeds one process's share of them
+  (:mod:`cings.retrieval.shards`);
 * ``dense.faiss`` (approximate FAISS indexes only: an exact one is rebuilt from the shards when opened,
   which costs no more than reading it and keeps the vectors on disk once);
 * ``bm25/`` (bm25, hybrid): the bm25s index;
@@ -31,6 +32,7 @@ from typing import Any, Iterator, Protocol, Sequence
 from ..jsonl import RecordError, file_sha256
 from .corpus import IdChecker, Passage, corpus_layout, iter_corpus
 from .encoder import BUNDLED, BUNDLED_NAME, INSTALL_HINT, EncoderInfo, bundled_minilm, passage_text
+from .shards import parse_shard, shard_device, wait_for_passages
 
 __all__ = ["IndexOptions", "RETRIEVERS", "FAISS_KINDS", "INDEX_FORMAT", "PassageEncoder", "choose_retriever",
            "build_index", "read_manifest", "shard_paths", "load_vectors", "bm25_tokenize", "BM25_TOKENIZER",
@@ -86,6 +88,9 @@ class IndexOptions:
     bm25_b: float = _f(0.75, "bm25: document-length normalisation b")
     rrf_k: int = _f(60, "hybrid: reciprocal-rank fusion constant; a passage scores Σ 1/(rrf_k + rank) over the two")
     fusion_depth: int = _f(100, "hybrid: hits taken from each retriever before fusing")
+    shard: str | None = _f(None, "i/n: embed only the embedding shards j with j mod n = i, then stop (n processes or"
+                                 " GPUs at once; auto: RANK/WORLD_SIZE as accelerate launch or torchrun set them); then"
+                                 " the same command without --shard builds the index from all of them")
 
     def __post_init__(self) -> None:
         if self.retriever is not None and self.retriever not in RETRIEVERS:
@@ -103,6 +108,8 @@ class IndexOptions:
             raise ValueError("--bm25-k1 must be at least 0 and --bm25-b between 0 and 1")
         if self.retriever == "bm25" and self.encoder is not None:
             raise ValueError("--encoder is for dense and hybrid indexes; a bm25 index has none")
+        if parse_shard(self.shard) is not None and self.retriever == "bm25":
+            raise ValueError("--shard splits the embedding between processes; a bm25 index has none to split")
 
 
 class PassageEncoder(Protocol):
@@ -131,7 +138,7 @@ def _log(message: str) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: --shard runs write settings at once
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
@@ -233,7 +240,7 @@ def _embedding_settings(info: EncoderInfo, options: IndexOptions, n: int) -> dic
 
 
 def _embed(output: Path, encoder: PassageEncoder, n: int, options: IndexOptions, progress: bool) -> dict[str, Any]:
-    """Embed every passage into shards, skipping the shards a previous run finished."""
+    """Embed every passage (with ``--shard i/n``, this process's share) into shards, skipping the finished ones."""
     import numpy as np
 
     folder = output / IndexFiles.EMBEDDINGS
@@ -249,17 +256,21 @@ def _embed(output: Path, encoder: PassageEncoder, n: int, options: IndexOptions,
     _write_json(settings_path, settings)
     paths = shard_paths(output, n, options.shard_size)
     sizes = [min(options.shard_size, n - i * options.shard_size) for i in range(len(paths))]
-    for stale in folder.glob("*.tmp.npy"):
-        stale.unlink()  # a shard being written when the last run was killed
-    done = [p.is_file() and np.load(p, mmap_mode="r").shape == (size, encoder.info.dim) for p, size in zip(paths, sizes)]
-    if any(done):
-        _log(f"resuming: {sum(done)} of {len(paths)} shards already embedded ({sum(s for s, d in zip(sizes, done) if d)}"
-             f" of {n} passages)")
+    slice_ = parse_shard(options.shard) or (0, 1)
+    mine = [i % slice_[1] == slice_[0] for i in range(len(paths))]
+    for path in (p for p, m in zip(paths, mine) if m):
+        path.with_name(path.stem + ".tmp.npy").unlink(missing_ok=True)  # being written when the last run was killed
+    # Another process's shards count as done here: they are its to embed.
+    done = [not m or (p.is_file() and np.load(p, mmap_mode="r").shape == (size, encoder.info.dim))
+            for p, size, m in zip(paths, sizes, mine)]
+    if any(d and m for d, m in zip(done, mine)):
+        _log(f"resuming: {sum(d and m for d, m in zip(done, mine))} of {sum(mine)} shards already embedded")
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=n, initial=sum(s for s, d in zip(sizes, done) if d), desc="Embedding", unit=" passages")
+        bar = tqdm(total=sum(s for s, m in zip(sizes, mine) if m), initial=sum(s for s, d, m in zip(sizes, done, mine)
+                   if d and m), desc="Embedding", unit=" passages")
     started, embedded = time.perf_counter(), 0
     for i, (path, size, finished) in enumerate(zip(paths, sizes, done)):
         if finished:
@@ -278,7 +289,7 @@ def _embed(output: Path, encoder: PassageEncoder, n: int, options: IndexOptions,
         bar.close()
     seconds = time.perf_counter() - started
     return {"shards": len(paths), "shard_size": options.shard_size, "dtype": options.dtype,
-            "resumed_shards": sum(done), "embedded_now": embedded, "seconds": round(seconds, 2),
+            "resumed_shards": sum(d and m for d, m in zip(done, mine)), "embedded_now": embedded, "seconds": round(seconds, 2),
             "passages_per_s": round(embedded / seconds, 1) if embedded and seconds else None}
 
 
@@ -408,7 +419,8 @@ def _build_bm25(output: Path, options: IndexOptions, progress: bool) -> dict[str
 
 def build_index(corpus: str | Path, output: str | Path, options: IndexOptions | None = None, *,
                 encoder: PassageEncoder | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Build (or resume building) the index of ``corpus`` in ``output``; returns the manifest it wrote.
+    """Build (or resume building) the index of ``corpus`` in ``output``; returns the manifest it wrote (with
+    ``options.shard``: only what this process embedded, and no manifest is written).
 
     ``encoder`` replaces the one ``options.encoder`` names (an encoder already loaded, or a test's).
     """
@@ -424,7 +436,10 @@ def build_index(corpus: str | Path, output: str | Path, options: IndexOptions | 
     _log(f"{retriever} retriever ({why})")
     started = time.perf_counter()
     sha = file_sha256(corpus)
-    state = _prepare_folder(output, sha, overwrite)
+    shard = parse_shard(options.shard)
+    # Only process 0 of a sharded build prepares the folder and writes the passages; the others wait for them.
+    state = (wait_for_passages(output / IndexFiles.BUILD, sha) if shard and shard[0]
+             else _prepare_folder(output, sha, overwrite))
     output.mkdir(parents=True, exist_ok=True)
     # Until this build writes its own, no manifest may describe files it is about to replace.
     (output / IndexFiles.MANIFEST).unlink(missing_ok=True)
@@ -444,10 +459,15 @@ def build_index(corpus: str | Path, output: str | Path, options: IndexOptions | 
         if encoder is None:
             from .encoder import DenseEncoder
 
-            encoder = DenseEncoder(options.encoder, device=options.device, batch_size=options.batch_size)
+            encoder = DenseEncoder(options.encoder, device=shard_device(options.device, options.shard),
+                                   batch_size=options.batch_size)
         _log(f"encoder {encoder.info.name} ({encoder.info.spec}, fingerprint {encoder.info.fingerprint},"
              f" {encoder.info.pooling} pooling, {'L2-normalised' if encoder.info.normalize else 'not normalised'})")
         embedding = _embed(output, encoder, n, options, progress)
+        if shard:
+            _log(f"shard {shard[0]}/{shard[1]}: embedded; once all {shard[1]} are, the same command without --shard"
+                 " builds the index")
+            return {"shard": f"{shard[0]}/{shard[1]}", "passages": n, "embeddings": embedding}
         manifest["dense"] = {"encoder": encoder.info.to_dict(), "embeddings": embedding,
                              "faiss": _build_faiss(output, n, encoder.info.dim, options)}
     if retriever in ("bm25", "hybrid"):

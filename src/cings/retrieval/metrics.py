@@ -72,7 +72,8 @@ def passages_of(row: Mapping[str, Any], where: str) -> list[Mapping[str, Any]] |
             for name, kind, said in (("gold", bool, "a boolean"), ("text", str, "a string")):
                 if item.get(name) is not None and not isinstance(item[name], kind):
                     raise RecordError(f"{where}: field '{key}[{i}].{name}' must be {said}, not {type_name(item[name])}")
-        # cings generate's docs name only title and gold: the passages themselves are not there to score.
+        # cings generate keeps id and text only of retrieved passages; its rows of given (gold) passages name
+        # title and gold alone, and there is no ranking to score.
         if key == "docs" and not any("text" in item or "id" in item for item in value):
             return None
         return value
