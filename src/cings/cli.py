@@ -232,7 +232,8 @@ def _add_eval_commands(sub) -> None:
     demo.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                       help="auto: bf16 where the CPU/GPU has fast bf16, else fp32")
     demo.add_argument("--retriever", choices=("dense", "bm25", "hybrid"),
-                      help=f"the retrieved sets' retriever (default {default.retriever}: all-MiniLM-L6-v2)")
+                      help=f"the retrieved sets' retriever (default {default.retriever}; --quick {quick.retriever};"
+                           " dense = all-MiniLM-L6-v2)")
     demo.add_argument("--retrieval-passages", type=int, metavar="N",
                       help=f"index a seeded sample of N of the 3,359 passages, every gold one kept (default: all;"
                            f" --quick {quick.retrieval_passages})")
