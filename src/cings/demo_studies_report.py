@@ -124,7 +124,11 @@ def write_studies_report(cfg: Any, scfg: Any, root: Path, results: dict, command
                "results": results, "stage_seconds": seconds, "total_stage_seconds": round(sum(seconds.values()), 1),
                "wall_seconds_this_invocation": round(total_seconds, 1), "commands": commands}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    invocation = ["cings", "demo", "--studies"] + (["--quick"] if cfg.quick else []) + ["--output-dir", str(root)]
+    default = type(scfg).quick_preset() if cfg.quick else type(scfg)()
+    invocation = (["cings", "demo", "--studies"] + (["--quick"] if cfg.quick else []) + ["--output-dir", str(root)]
+                  + (["--known-facts", scfg.known_facts] if scfg.known_facts else [])
+                  + (["--conflict-records", str(scfg.conflict_records)]
+                     if scfg.conflict_records != default.conflict_records else []))
     md = ["# cings demo --studies: the paper's behavioural claims at the demo's scale", "",
           f"{date} on {_machine()}, {precision}. Command: `{shlex.join(invocation)}` (after `cings demo`, whose"
           f" models and evaluations it reuses). The study stages took {sum(seconds.values()) / 60:.1f} min in all"
