@@ -217,6 +217,11 @@ def cache_trap(call: ast.Call) -> str | None:
     return None
 
 
+# Modules whose forwards run bidirectional encoders (no KV cache, no packing), where use_cache is not
+# part of every model's signature: reviewed by hand, each with its reason.
+ENCODER_ONLY = {"retrieval/encoder.py": "sentence encoders (BERT, MPNet, ...): padded batches, no cache"}
+
+
 def test_the_forward_scan_finds_what_it_must():
     snippet = ("out = model(input_ids=ids)\nlm(inputs_embeds=e, use_cache=False)\nself.model(**batch)\n"
                "model.generate(input_ids=ids)\nRendered(input_ids=ids)\nendpoint.model(input_ids=i, use_cache=True)\n"
@@ -236,6 +241,8 @@ def test_every_forward_cings_writes_by_hand_passes_use_cache():
         for line, _, call in hand_written_forwards(path.read_text()):
             where = f"{path.relative_to(src)}:{line}"
             seen.add(str(path.relative_to(src)))
+            if str(path.relative_to(src)) in ENCODER_ONLY:
+                continue
             why = cache_trap(call)
             if why:
                 trapped.append(f"{where}: {why}")
